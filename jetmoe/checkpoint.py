@@ -1,0 +1,271 @@
+"""HF-format checkpoint folders: config.json + model.safetensors, or shards with model.safetensors.index.json.
+
+Weight names are HF's, unchanged (the modules in model.py carry HF's names). Loading is paranoid: the key
+set and every shape are checked before any tensor is read, and errors list the offending names and shapes.
+Pickled `.bin` checkpoints are read only through `torch.load(weights_only=True)`.
+Writing goes through temporary names and renames, so a failed save leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from jetmoe.config import CONFIG_NAME, JetMoeConfig
+from jetmoe.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from jetmoe.model import JetMoePreTrainedModel
+
+SAFETENSORS_NAME = "model.safetensors"
+SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
+BIN_NAME = "pytorch_model.bin"
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+DEFAULT_SHARD_BYTES = 5 * 2**30
+TIED_KEY = "lm_head.weight"
+_LISTED = 12  # names shown in an error before "... and N more"
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, config: JetMoeConfig) -> torch.dtype:
+    """None: the dtype the checkpoint says it was saved in (config `dtype`), else float32."""
+    if dtype is None:
+        dtype = config.dtype or "float32"
+    if isinstance(dtype, str):
+        if dtype.removeprefix("torch.") not in DTYPES:
+            raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        return DTYPES[dtype.removeprefix("torch.")]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ConfigError(f"unsupported dtype {dtype}; choose float32, float16 or bfloat16")
+    return dtype
+
+
+# ---- loading ------------------------------------------------------------------------------------------
+
+
+def load_model(cls: type[JetMoePreTrainedModel], directory: str | os.PathLike, dtype: torch.dtype | str | None,
+               device: torch.device | str, progress: bool) -> JetMoePreTrainedModel:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint folder {directory} does not exist")
+    config = JetMoeConfig.from_pretrained(directory)
+    dtype = resolve_dtype(dtype, config)
+    with torch.device("meta"):
+        model = cls(config)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    tied = config.tie_word_embeddings and TIED_KEY in expected
+    if tied:
+        del expected[TIED_KEY]
+
+    files = _weight_files(directory)
+    shapes = {name: shape for path in files for name, shape in _read_shapes(path).items()}
+    _check_keys_and_shapes(directory, expected, shapes, optional={TIED_KEY} if tied else set())
+
+    state = {}
+    for i, path in enumerate(files):
+        if progress:
+            print(f"loading {path.name} ({i + 1}/{len(files)})", file=sys.stderr, flush=True)
+        for name, tensor in _read_tensors(path):
+            if name in expected:
+                state[name] = tensor.to(device=device, dtype=dtype)
+    if tied:
+        state[TIED_KEY] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    for index_name in (SAFETENSORS_INDEX_NAME, BIN_INDEX_NAME):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index} is not a valid shard index ({e!r})") from None
+            files = [directory / name for name in sorted(set(weight_map.values()))]
+            missing = [str(f) for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"{index} names shard files that do not exist: {missing}")
+            return files
+    for name in (SAFETENSORS_NAME, BIN_NAME):
+        if (directory / name).is_file():
+            return [directory / name]
+    present = sorted(p.name for p in directory.iterdir())
+    raise CheckpointError(f"no weights in {directory}: expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME}, "
+                          f"{BIN_NAME} or {BIN_INDEX_NAME}; found {present}")
+
+
+def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt") as f:
+                return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    return {name: tuple(t.shape) for name, t in _load_bin(path).items()}
+
+
+def _read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+    else:
+        yield from _load_bin(path).items()
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch.load raises many types for a bad pickle; all mean the same to the user
+        raise CheckpointError(f"{path} is not a loadable weights-only PyTorch checkpoint: {e}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a flat dict of tensors")
+    return state
+
+
+def _check_keys_and_shapes(directory: Path, expected: dict[str, tuple[int, ...]],
+                           found: dict[str, tuple[int, ...]], optional: set[str]) -> None:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected) - optional)
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+    wrong = [f"{name}: expected {list(expected[name])}, found {list(found[name])}"
+             for name in sorted(set(expected) & set(found)) if expected[name] != found[name]]
+    if wrong:
+        problems.append(f"wrong shapes ({len(wrong)}): {_listing(wrong)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {directory} does not match its config.json: " + "; ".join(problems))
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED])
+    return shown if len(items) <= _LISTED else f"{shown}, ... and {len(items) - _LISTED} more"
+
+
+# ---- saving -------------------------------------------------------------------------------------------
+
+
+def save_model(model: JetMoePreTrainedModel, directory: str | os.PathLike, max_shard_size: int) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: t.detach().contiguous() for name, t in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop(TIED_KEY, None)
+    shards = _shard(state, max_shard_size)
+
+    written = []
+    if len(shards) == 1:
+        _atomic_save_tensors(shards[0], directory / SAFETENSORS_NAME)
+        written.append(SAFETENSORS_NAME)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _atomic_save_tensors(shard, directory / name)
+            weight_map.update(dict.fromkeys(shard, name))
+            written.append(name)
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        atomic_write_text(directory / SAFETENSORS_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+        written.append(SAFETENSORS_INDEX_NAME)
+
+    config = model.config.replace(dtype=str(model.dtype).removeprefix("torch."))
+    raw = {"architectures": [type(model).__name__], **config.to_dict()}
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    # weights of an earlier save in another layout would shadow (or mix with) these
+    for stale in directory.iterdir():
+        if stale.name not in written and _is_weight_file(stale.name):
+            stale.unlink()
+
+
+def _is_weight_file(name: str) -> bool:
+    return name in (SAFETENSORS_INDEX_NAME, BIN_INDEX_NAME, BIN_NAME) or (
+        name.startswith(("model", "pytorch_model")) and name.endswith((".safetensors", ".bin")))
+
+
+def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in state.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
+def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = _temp_name(path)
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = _temp_name(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _temp_name(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+# ---- all-or-nothing output folders ----------------------------------------------------------------
+
+
+class atomic_directory:
+    """Fill a temporary sibling folder, then swap it in for `target` on success; remove it on failure."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        except OSError as e:
+            raise CheckpointError(f"cannot write to {self.target.parent}: {e.strerror}") from None
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()

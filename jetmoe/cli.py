@@ -1,0 +1,116 @@
+"""`jetmoe`: one console command, one subcommand per stage. Each subcommand calls a typed function.
+
+Exit codes: 0 success, 1 a `JetMoeError` (bad input, bad checkpoint: a one-line message, no traceback),
+2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jetmoe.errors import InputError, JetMoeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jetmoe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("checkpoint", help="write a random HF-format JetMoe checkpoint (the embedded default)")
+    p.add_argument("--preset", default="tiny", help="config preset: tiny, default or jetmoe-8b (default: tiny)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="checkpoint folder to create")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_checkpoint)
+
+    p = sub.add_parser("generate", help="generate token ids from a checkpoint folder (eager PyTorch)")
+    p.add_argument("model", type=Path, help="HF-format checkpoint folder")
+    p.add_argument("--prompt-ids", action="append", default=[], metavar="IDS",
+                   help="comma-separated token ids; repeat for a batch")
+    p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                   help="text prompt (needs tokenizer.json in the folder and the tokenizers package)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
+    p.add_argument("--stream", action="store_true", help="print each step's tokens as they are generated")
+    p.set_defaults(run=_generate)
+
+    p = sub.add_parser("demo", help="the main job on the embedded default: random checkpoint, then generation")
+    p.add_argument("--workdir", type=Path, default=Path("jetmoe-demo"), help="where to write (default: jetmoe-demo)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except JetMoeError as e:
+        print(f"jetmoe {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> None:
+    from jetmoe.config import JetMoeConfig
+    from jetmoe.random_weights import write_random_checkpoint
+
+    config = JetMoeConfig.from_preset(args.preset)
+    out = write_random_checkpoint(args.output, config, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote random {args.preset} checkpoint (seed {args.seed}, {args.dtype}) to {out}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from jetmoe.model import JetMoeForCausalLM
+
+    if not args.prompt_ids and not args.prompt:
+        raise InputError("give at least one --prompt-ids or --prompt")
+    tokenizer = _tokenizer(args.model) if args.prompt else None
+    prompts = [parse_token_ids(text) for text in args.prompt_ids]
+    prompts += [tokenizer.encode(text).ids for text in args.prompt] if tokenizer else []
+    model = JetMoeForCausalLM.from_pretrained(args.model, dtype=args.dtype)
+    streamer = (lambda tokens: print(" ".join("-" if t is None else str(t) for t in tokens), flush=True)
+                if args.stream else None)
+    outputs = model.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                             streamer=streamer)
+    for tokens in outputs:
+        print(",".join(map(str, tokens)))
+        if tokenizer is not None:
+            print(tokenizer.decode(tokens))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from jetmoe.demo import run_demo
+
+    run_demo(args.workdir, seed=args.seed)
+
+
+def parse_token_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"--prompt-ids {text!r} is not a comma-separated list of integers") from None
+    if not ids:
+        raise InputError(f"--prompt-ids {text!r} holds no token ids")
+    return ids
+
+
+def _tokenizer(folder: Path):
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise InputError(f"--prompt needs {path}; use --prompt-ids with this checkpoint")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise InputError("--prompt needs the tokenizers package: pip install 'jetmoe-trt[text]'") from None
+    return Tokenizer.from_file(str(path))
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Forward outputs, with HF transformers' field names and tuple order (`return_dict=False` drops the Nones)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import Tensor
+
+from jetmoe.cache import KVCache
+
+
+@dataclasses.dataclass
+class _Output:
+    def to_tuple(self) -> tuple[Any, ...]:
+        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+
+
+@dataclasses.dataclass
+class JetMoeModelOutput(_Output):
+    last_hidden_state: Tensor
+    past_key_values: KVCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None  # embeddings, then each block's output; last one normed
+    attentions: tuple[Tensor, ...] | None = None  # per layer [B, H, S, P+S], head h = slot * H_kv + kv head
+    router_logits: tuple[Tensor, ...] | None = None  # per layer MoA then MoE, each [B*S, E] float32
+
+
+@dataclasses.dataclass
+class CausalLMOutput(_Output):
+    loss: Tensor | None = None
+    aux_loss: Tensor | None = None
+    logits: Tensor | None = None
+    past_key_values: KVCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None
+    router_logits: tuple[Tensor, ...] | None = None
+
+
+@dataclasses.dataclass
+class SequenceClassifierOutput(_Output):
+    loss: Tensor | None = None
+    logits: Tensor | None = None
+    past_key_values: KVCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor, ...] | None = None

@@ -1,0 +1,1 @@
+"""Parity validation: eager / ONNX Runtime / TensorRT runners and the comparator. Not built yet."""
