@@ -19,7 +19,8 @@ def init_random_(model: JetMoePreTrainedModel, seed: int) -> None:
     HF's init (std 0.01, unit norms, zero biases) makes attention uniform and hides bugs: a wrong RoPE theta
     or block-norm eps moves logits by < 1e-6. Here matrices are N(0, initializer_range) as in HF, then norm
     weights are 1 + N(0, 0.1), MoA/MoE biases N(0, 0.02), MoA query projections and kv_proj are scaled x25
-    (attention scores O(1)) and routers x10 (clear top-k margins).
+    (attention scores O(1)), routers x10 (clear top-k margins) and MoE experts x10 (an MoE output
+    that matters: with HF's init a swapped SwiGLU half moves logits by ~1e-4).
     """
     std = model.config.initializer_range
     gen = torch.Generator().manual_seed(seed)
@@ -32,7 +33,7 @@ def init_random_(model: JetMoePreTrainedModel, seed: int) -> None:
                 values = 0.02 * values
             elif name.endswith(("self_attention.experts.input_linear.weight", "kv_proj.weight")):
                 values = 25 * std * values
-            elif name.endswith("router.layer.weight"):
+            elif name.endswith(("router.layer.weight", "mlp.input_linear.weight", "mlp.output_linear.weight")):
                 values = 10 * std * values
             else:
                 values = std * values

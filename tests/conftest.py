@@ -1,0 +1,38 @@
+"""Shared fixtures: a registry of small JetMoe configs and random models whose weights exercise every part."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jetmoe import JetMoeConfig, JetMoeForCausalLM
+from jetmoe.random_weights import init_random_
+
+# name -> config overrides. Odd and prime sizes on purpose; k = 1 and k = 3 as well as JetMoe's k = 2.
+CONFIGS = {
+    "tiny": JetMoeConfig.from_preset("tiny"),
+    "odd": JetMoeConfig(vocab_size=211, hidden_size=96, num_hidden_layers=2, num_key_value_heads=3, kv_channels=16,
+                        intermediate_size=80, max_position_embeddings=128),
+    "k1": JetMoeConfig(vocab_size=97, hidden_size=40, num_hidden_layers=1, num_key_value_heads=2, kv_channels=10,
+                       intermediate_size=24, num_local_experts=4, num_experts_per_tok=1, max_position_embeddings=64),
+    "k3": JetMoeConfig(vocab_size=128, hidden_size=48, num_hidden_layers=3, num_key_value_heads=2, kv_channels=8,
+                       intermediate_size=36, num_local_experts=5, num_experts_per_tok=3, max_position_embeddings=64,
+                       rms_norm_eps=1e-5, rope_theta=500.0),
+}
+
+
+def make_model(config: JetMoeConfig, seed: int = 0, cls=JetMoeForCausalLM, dtype=torch.float32):
+    torch.manual_seed(seed)
+    model = cls(config)
+    init_random_(model, seed)
+    return model.to(dtype).eval()
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def config(request) -> JetMoeConfig:
+    return CONFIGS[request.param]
+
+
+@pytest.fixture
+def transformers():
+    return pytest.importorskip("transformers", reason="HF transformers is the oracle: pip install 'jetmoe-trt[test]'")
