@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -134,6 +135,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     names = ["tiny"] if args.quick else list(CONFIGS)
     results, hf_attn = [], None
+    load_before = os.getloadavg()  # other jobs on the machine show up here (and inflate both sides' times)
     with torch.inference_mode():
         for name in names:
             config = CONFIGS[name]()
@@ -160,6 +162,7 @@ def main() -> None:
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "cpu": cpu_model(), "threads": torch.get_num_threads(), "dtype": "float32", "batch": 1,
         "prefill_tokens": S, "decode_cached_tokens": P, "hf_attn_implementation": hf_attn,
+        "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
         "timing": "median wall time per forward (perf_counter), ours and HF alternating in one loop",
         "results": results,
     }

@@ -1,0 +1,169 @@
+"""HF-format checkpoint folders: round trips, shards, .bin, dtype, and every way a folder can be wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from jetmoe import CheckpointError, ConfigError, JetMoeConfig, JetMoeForCausalLM, JetMoeForSequenceClassification
+from jetmoe.checkpoint import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
+from jetmoe.random_weights import write_random_checkpoint
+from tests.conftest import CONFIGS, make_model
+
+CONFIG = CONFIGS["odd"]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = make_model(CONFIG)
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_round_trip_with_tied_embeddings(saved):
+    model, folder = saved
+    stored = load_file(folder / SAFETENSORS_NAME)
+    assert "lm_head.weight" not in stored and "model.embed_tokens.weight" in stored
+    assert "model.layers.0.self_attention.experts.router.layer.weight" in stored  # HF names, unchanged
+    loaded = JetMoeForCausalLM.from_pretrained(folder)
+    assert same_weights(model, loaded)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["JetMoeForCausalLM"]
+
+
+def test_untied_checkpoint_keeps_lm_head(tmp_path):
+    model = make_model(CONFIG.replace(tie_word_embeddings=False))
+    model.save_pretrained(tmp_path)
+    assert "lm_head.weight" in load_file(tmp_path / SAFETENSORS_NAME)
+    loaded = JetMoeForCausalLM.from_pretrained(tmp_path)
+    assert same_weights(model, loaded) and loaded.lm_head.weight is not loaded.model.embed_tokens.weight
+
+
+def test_sharded_round_trip_and_stale_files_removed(saved):
+    model, folder = saved
+    model.save_pretrained(folder, max_shard_size=100_000)
+    index = json.loads((folder / SAFETENSORS_INDEX_NAME).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (folder / SAFETENSORS_NAME).exists()
+    assert same_weights(model, JetMoeForCausalLM.from_pretrained(folder))
+    model.save_pretrained(folder)  # back to one file: the shards and index must go
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", SAFETENSORS_NAME]
+
+
+def test_pickled_bin_checkpoint_loads_weights_only(saved, tmp_path_factory):
+    model, folder = saved
+    bin_folder = tmp_path_factory.mktemp("bin")
+    (bin_folder / "config.json").write_text((folder / "config.json").read_text())
+    torch.save(load_file(folder / SAFETENSORS_NAME), bin_folder / "pytorch_model.bin")
+    assert same_weights(model, JetMoeForCausalLM.from_pretrained(bin_folder))
+    torch.save({"weights": load_file(folder / SAFETENSORS_NAME), "code": print}, bin_folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="not a loadable weights-only PyTorch checkpoint"):
+        JetMoeForCausalLM.from_pretrained(bin_folder)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, "float16", "bf16"])
+def test_load_in_another_dtype(saved, dtype):
+    model, folder = saved
+    loaded = JetMoeForCausalLM.from_pretrained(folder, dtype=dtype)
+    assert loaded.dtype in (torch.bfloat16, torch.float16)
+    assert all(p.dtype == loaded.dtype for p in loaded.parameters())
+
+
+def test_default_dtype_is_the_saved_one(tmp_path):
+    make_model(CONFIG).to(torch.bfloat16).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    assert JetMoeForCausalLM.from_pretrained(tmp_path).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="unsupported dtype 'int8'"):
+        JetMoeForCausalLM.from_pretrained(tmp_path, dtype="int8")
+
+
+def test_classification_checkpoint(tmp_path):
+    config = CONFIG.replace(num_labels=5, pad_token_id=0)
+    model = make_model(config, cls=JetMoeForSequenceClassification)
+    model.save_pretrained(tmp_path)
+    loaded = JetMoeForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.config.num_labels == 5 and same_weights(model, loaded)
+
+
+def rewrite(folder, change):
+    tensors = load_file(folder / SAFETENSORS_NAME)
+    change(tensors)
+    save_file(tensors, folder / SAFETENSORS_NAME, metadata={"format": "pt"})
+
+
+def test_missing_key_is_named(saved):
+    _, folder = saved
+    rewrite(folder, lambda t: t.pop("model.layers.1.mlp.bias"))
+    with pytest.raises(CheckpointError, match=r"missing keys \(1\): model.layers.1.mlp.bias"):
+        JetMoeForCausalLM.from_pretrained(folder)
+
+
+def test_extra_key_is_named(saved):
+    _, folder = saved
+    rewrite(folder, lambda t: t.update({"model.layers.9.mlp.bias": torch.zeros(3)}))
+    with pytest.raises(CheckpointError, match=r"unexpected keys \(1\): model.layers.9.mlp.bias"):
+        JetMoeForCausalLM.from_pretrained(folder)
+
+
+def test_wrong_shape_is_named_with_both_shapes(saved):
+    _, folder = saved
+    rewrite(folder, lambda t: t.update({"model.layers.0.mlp.input_linear.weight": torch.zeros(8, 80, 96)}))
+    with pytest.raises(CheckpointError,
+                       match=r"model.layers.0.mlp.input_linear.weight: expected \[8, 160, 96\], found \[8, 80, 96\]"):
+        JetMoeForCausalLM.from_pretrained(folder)
+
+
+def test_config_from_another_model_is_caught(saved):
+    _, folder = saved
+    (folder / "config.json").write_text(CONFIG.replace(num_hidden_layers=3).to_json_string())
+    with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): model.layers.2"):
+        JetMoeForCausalLM.from_pretrained(folder)
+
+
+def test_truncated_safetensors_file(saved):
+    _, folder = saved
+    data = (folder / SAFETENSORS_NAME).read_bytes()
+    (folder / SAFETENSORS_NAME).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"model.safetensors is not a readable safetensors file"):
+        JetMoeForCausalLM.from_pretrained(folder)
+
+
+def test_missing_folder_and_missing_weights(tmp_path):
+    with pytest.raises(CheckpointError, match="nowhere does not exist"):
+        JetMoeForCausalLM.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "config.json").write_text(CONFIG.to_json_string())
+    with pytest.raises(CheckpointError, match=r"no weights in .*found \['config.json'\]"):
+        JetMoeForCausalLM.from_pretrained(tmp_path)
+
+
+def test_shard_index_naming_a_missing_file(saved):
+    model, folder = saved
+    model.save_pretrained(folder, max_shard_size=100_000)
+    next(folder.glob("model-00002-*.safetensors")).unlink()
+    with pytest.raises(CheckpointError, match="names shard files that do not exist"):
+        JetMoeForCausalLM.from_pretrained(folder)
+
+
+def test_random_checkpoint_is_all_or_nothing(tmp_path, monkeypatch):
+    out = write_random_checkpoint(tmp_path / "ckpt", JetMoeConfig.from_preset("tiny"), seed=1)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", SAFETENSORS_NAME]
+    with pytest.raises(CheckpointError, match="already exists; pass --overwrite"):
+        write_random_checkpoint(out, JetMoeConfig.from_preset("tiny"))
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr("jetmoe.checkpoint.save_file", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_random_checkpoint(tmp_path / "crashed", JetMoeConfig.from_preset("tiny"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_random_checkpoint(out, JetMoeConfig.from_preset("tiny"), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no partial folder, no temp files
+    assert JetMoeForCausalLM.from_pretrained(out) is not None  # the old checkpoint survived the failed overwrite

@@ -1,0 +1,59 @@
+"""The `jetmoe` console command: checkpoint, generate, demo; errors exit 1 with one line and no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from jetmoe import JetMoeForCausalLM
+from jetmoe.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "ckpt"
+    assert main(["checkpoint", "--preset", "tiny", "-o", str(out), "--seed", "4"]) == 0
+    return out
+
+
+def test_generate_prints_the_api_s_tokens(checkpoint, capsys):
+    capsys.readouterr()
+    assert main(["generate", str(checkpoint), "--prompt-ids", "1,2,3", "--prompt-ids", "7",
+                 "--max-new-tokens", "5"]) == 0
+    lines = capsys.readouterr().out.split()
+    expected = JetMoeForCausalLM.from_pretrained(checkpoint).generate([[1, 2, 3], [7]], max_new_tokens=5)
+    assert lines == [",".join(map(str, tokens)) for tokens in expected]
+
+
+def test_seeds_make_different_checkpoints(checkpoint, tmp_path):
+    assert main(["checkpoint", "-o", str(tmp_path / "other"), "--seed", "5"]) == 0
+    assert (tmp_path / "other" / "model.safetensors").read_bytes() != (checkpoint / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{ckpt}", "--prompt-ids", "1,x"], "--prompt-ids '1,x' is not a comma-separated list of integers"),
+    (["generate", "{ckpt}", "--prompt-ids", "1,9999"], "token id 9999 is outside the vocabulary"),
+    (["generate", "{ckpt}"], "give at least one --prompt-ids or --prompt"),
+    (["generate", "{ckpt}", "--prompt", "hello"], "tokenizer.json"),
+    (["generate", "{missing}", "--prompt-ids", "1"], "does not exist"),
+    (["checkpoint", "-o", "{ckpt}"], "already exists; pass --overwrite"),
+    (["checkpoint", "--preset", "huge", "-o", "{missing}"], "unknown preset 'huge'"),
+])
+def test_errors_exit_1_with_a_message(argv, message, checkpoint, tmp_path, capsys):
+    argv = [a.format(ckpt=checkpoint, missing=tmp_path / "missing") for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_console_script_and_demo(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jetmoe.cli", "demo", "--workdir", str(tmp_path / "demo")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "cached decode vs full forward" in result.stdout and "demo finished" in result.stdout
+    assert (tmp_path / "demo" / "checkpoint" / "model.safetensors").is_file()
+    usage = subprocess.run([sys.executable, "-m", "jetmoe.cli", "generate"], capture_output=True, text=True)
+    assert usage.returncode == 2
