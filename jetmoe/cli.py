@@ -72,7 +72,7 @@ def _generate(args: argparse.Namespace) -> None:
     tokenizer = _tokenizer(args.model) if args.prompt else None
     prompts = [parse_token_ids(text) for text in args.prompt_ids]
     prompts += [tokenizer.encode(text).ids for text in args.prompt] if tokenizer else []
-    model = JetMoeForCausalLM.from_pretrained(args.model, dtype=args.dtype)
+    model = JetMoeForCausalLM.from_pretrained(args.model, dtype=args.dtype, progress=True)
     streamer = (lambda tokens: print(" ".join("-" if t is None else str(t) for t in tokens), flush=True)
                 if args.stream else None)
     outputs = model.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,

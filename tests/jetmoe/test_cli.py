@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -25,6 +26,23 @@ def test_generate_prints_the_api_s_tokens(checkpoint, capsys):
     lines = capsys.readouterr().out.split()
     expected = JetMoeForCausalLM.from_pretrained(checkpoint).generate([[1, 2, 3], [7]], max_new_tokens=5)
     assert lines == [",".join(map(str, tokens)) for tokens in expected]
+
+
+def test_text_prompts_with_a_tokenizer(checkpoint, tmp_path, capsys):
+    tokenizers = pytest.importorskip("tokenizers", reason="text prompts need the tokenizers package")
+    folder = tmp_path / "with-tokenizer"
+    shutil.copytree(checkpoint, folder)
+    vocab = {f"w{i}": i for i in range(512)}
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w0"))
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tokenizer.decoder = tokenizers.decoders.WordPiece()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    capsys.readouterr()
+    assert main(["generate", str(folder), "--prompt", "w1 w2 w3", "--max-new-tokens", "4"]) == 0
+    ids_line, text_line = capsys.readouterr().out.splitlines()
+    expected = JetMoeForCausalLM.from_pretrained(checkpoint).generate([[1, 2, 3]], max_new_tokens=4)[0]
+    assert ids_line == ",".join(map(str, expected))
+    assert text_line.split() == [f"w{i}" for i in expected]
 
 
 def test_seeds_make_different_checkpoints(checkpoint, tmp_path):

@@ -88,6 +88,19 @@ def test_left_padded_batch_matches_hf(pair, config):
     assert max_diff(o_pos[2, 6:], alone[0]) < FP32_TOL
 
 
+def test_aux_loss_leaves_padding_out_like_hf(pair, config):
+    ours, hf = pair
+    ids = torch.randint(3, config.vocab_size, (2, 6), generator=torch.Generator().manual_seed(10))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        o = ours(ids, attention_mask=mask, labels=ids, output_router_logits=True, use_cache=False)
+        h = hf(ids, attention_mask=mask, labels=ids, output_router_logits=True, use_cache=False)
+        unmasked = ours(ids, output_router_logits=True, use_cache=False).aux_loss
+    assert abs(o.aux_loss.item() - h.aux_loss.item()) < FP32_TOL
+    assert abs(o.loss.item() - h.loss.item()) < FP32_TOL
+    assert abs(o.aux_loss.item() - unmasked.item()) > FP32_TOL  # the mask did change it
+
+
 def test_cached_decoding_equals_full_forward(config):
     model = make_model(config)
     ids = torch.randint(0, config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(5))
