@@ -277,13 +277,19 @@ class MixtureOfAttention(nn.Module):
         L = key.shape[2]
 
         q = q.permute(0, 3, 2, 1, 4).reshape(B, Hkv, K * S, Dh)  # rows slot-major per kv head
-        scores = torch.matmul(q, key.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, K*S, L]
-        scores = scores.view(B, Hkv, K, S, L).float() + bias[:, :, None]  # bias [B, 1, 1, S, L]
-        probs = F.dropout(torch.softmax(scores, dim=-1), self.dropout, self.training).to(x.dtype)
-        out = torch.matmul(probs.view(B, Hkv, K * S, L), value)  # [B, Hkv, K*S, Dh]
+        bias = bias.repeat(1, 1, K, 1)  # [B or 1, 1, K*S, L], rows as q's
+        if output_attentions or (self.training and self.dropout):
+            scores = torch.matmul(q, key.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, K*S, L]
+            probs = F.dropout(torch.softmax(scores.float() + bias, dim=-1), self.dropout, self.training)
+            probs = probs.to(x.dtype)
+            out = torch.matmul(probs, value)  # [B, Hkv, K*S, Dh]
+        else:  # same math, fused; the softmax is still computed in fp32
+            probs = None
+            mask = bias.clamp(min=torch.finfo(q.dtype).min).to(q.dtype)  # fp16's min is not fp32's
+            out = F.scaled_dot_product_attention(q, key, value, mask, scale=Dh**-0.5)
         out = out.view(B, Hkv, K, S, Dh).permute(0, 3, 2, 1, 4).reshape(B * S, K, Hkv * Dh)  # [T, K, Hkv*Dh]
         y = ops.expert_reduce(out, expert_idx, gates, self.experts.output_linear.weight, self.experts.bias)
-        attn = probs.transpose(1, 2).reshape(B, K * Hkv, S, L) if output_attentions else None
+        attn = None if probs is None else probs.view(B, Hkv, K, S, L).transpose(1, 2).reshape(B, K * Hkv, S, L)
         return y.view(B, S, D), attn, router_logits
 
 

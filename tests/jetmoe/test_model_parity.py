@@ -12,9 +12,9 @@ from tests.conftest import CONFIGS, make_model
 FP32_TOL = 1e-5
 
 
-def hf_load(transformers, directory, cls_name="JetMoeForCausalLM", dtype=torch.float32):
+def hf_load(transformers, directory, cls_name="JetMoeForCausalLM", dtype=torch.float32, attn="eager"):
     cls = getattr(transformers, cls_name)
-    return cls.from_pretrained(directory, attn_implementation="eager", dtype=dtype).eval()
+    return cls.from_pretrained(directory, attn_implementation=attn, dtype=dtype).eval()
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -180,23 +180,26 @@ def test_classification_without_pad_token_needs_batch_of_one():
         model(torch.ones(2, 3, dtype=torch.long))
 
 
-def test_bf16_matches_hf(config, tmp_path, transformers):
-    """bf16 on both sides from the same fp32 checkpoint. Tolerance: 3% of the logit range (both round to bf16
-    at every op, but in different orders); router decisions must mostly agree."""
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_matches_hf(config, dtype, tmp_path, transformers):
+    """bf16/fp16 on both sides from the same fp32 checkpoint. Tolerance: 1% of the logit range (both round at
+    every op; measured: bit-identical here); router decisions must agree for >= 95% of (token, slot). HF runs its SDPA attention, as
+    we do without output_attentions: its eager attention rounds the scores to bf16 before the softmax, which
+    with O(10) scores is a different (less accurate) model."""
     make_model(config).save_pretrained(tmp_path)
-    ours = JetMoeForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
-    hf = hf_load(transformers, tmp_path, dtype=torch.bfloat16)
+    ours = JetMoeForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    hf = hf_load(transformers, tmp_path, dtype=dtype, attn="sdpa")
     ids = torch.randint(0, config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         o = ours(ids, output_router_logits=True)
         h = hf(ids, output_router_logits=True)
-    assert o.logits.dtype == torch.bfloat16
+    assert o.logits.dtype == dtype
     scale = float(h.logits.float().abs().max())
-    print("bf16 max |diff| / max |logit|", max_diff(o.logits, h.logits) / scale)
-    assert max_diff(o.logits, h.logits) <= 0.03 * scale
+    print(dtype, "max |diff| / max |logit|", max_diff(o.logits, h.logits) / scale)
+    assert max_diff(o.logits, h.logits) <= 0.01 * scale
     agree = [float((a.topk(config.num_experts_per_tok).indices == b.topk(config.num_experts_per_tok).indices)
                    .float().mean()) for a, b in zip(o.router_logits, h.router_logits)]
-    assert min(agree) >= 0.9
+    assert min(agree) >= 0.95
 
 
 @pytest.mark.parametrize("bug", ["block_eps", "rope_theta", "kv_interleaved", "swiglu_swapped"])
