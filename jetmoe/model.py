@@ -75,8 +75,10 @@ class JetMoeModel(JetMoePreTrainedModel):
         output_router_logits = config.output_router_logits if output_router_logits is None else output_router_logits
         if (input_ids is None) == (inputs_embeds is None):
             raise InputError("pass exactly one of input_ids and inputs_embeds")
+        tracing = torch.compiler.is_compiling()  # export: value checks would be data-dependent guards
         if input_ids is not None:
-            check_token_ids(input_ids, config.vocab_size)
+            if not tracing:
+                check_token_ids(input_ids, config.vocab_size)
             inputs_embeds = self.embed_tokens(input_ids)  # [B, S, D]
         B, S, _ = inputs_embeds.shape
 
@@ -91,7 +93,7 @@ class JetMoeModel(JetMoePreTrainedModel):
             cache_position = torch.arange(P, L, device=device)
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0).expand(B, S)
-        elif position_ids.numel() and int(position_ids.max()) >= config.max_position_embeddings:
+        elif not tracing and position_ids.numel() and int(position_ids.max()) >= config.max_position_embeddings:
             raise InputError(f"position id {int(position_ids.max())} exceeds max_position_embeddings="
                              f"{config.max_position_embeddings}")
         if attention_mask is not None and tuple(attention_mask.shape) != (B, L):
@@ -278,7 +280,8 @@ class MixtureOfAttention(nn.Module):
 
         q = q.permute(0, 3, 2, 1, 4).reshape(B, Hkv, K * S, Dh)  # rows slot-major per kv head
         bias = bias.repeat(1, 1, K, 1)  # [B or 1, 1, K*S, L], rows as q's
-        if output_attentions or (self.training and self.dropout):
+        # the explicit path when exporting too: SDPA would lower to a softmax in the activation type
+        if output_attentions or (self.training and self.dropout) or torch.compiler.is_compiling():
             scores = torch.matmul(q, key.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, K*S, L]
             probs = F.dropout(torch.softmax(scores.float() + bias, dim=-1), self.dropout, self.training)
             probs = probs.to(x.dtype)
