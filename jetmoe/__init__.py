@@ -2,11 +2,11 @@
 
 from jetmoe.cache import KVCache
 from jetmoe.config import PRESETS, JetMoeConfig
-from jetmoe.errors import CheckpointError, ConfigError, InputError, JetMoeError
+from jetmoe.errors import CheckpointError, ConfigError, ExportError, InputError, JetMoeError
 from jetmoe.generate import generate
 from jetmoe.model import JetMoeForCausalLM, JetMoeForSequenceClassification, JetMoeModel
 
 __all__ = [
-    "PRESETS", "CheckpointError", "ConfigError", "InputError", "JetMoeConfig", "JetMoeError",
+    "PRESETS", "CheckpointError", "ConfigError", "ExportError", "InputError", "JetMoeConfig", "JetMoeError",
     "JetMoeForCausalLM", "JetMoeForSequenceClassification", "JetMoeModel", "KVCache", "generate",
 ]

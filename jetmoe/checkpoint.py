@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from jetmoe.config import CONFIG_NAME, JetMoeConfig
@@ -64,28 +63,45 @@ def load_model(cls: type[JetMoePreTrainedModel], directory: str | os.PathLike, d
     dtype = resolve_dtype(dtype, config)
     with torch.device("meta"):
         model = cls(config)
-    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    tied = config.tie_word_embeddings and TIED_KEY in expected
-    if tied:
-        del expected[TIED_KEY]
-
-    files = _weight_files(directory)
-    shapes = {name: shape for path in files for name, shape in _read_shapes(path).items()}
-    _check_keys_and_shapes(directory, expected, shapes, optional={TIED_KEY} if tied else set())
-
+    files = verify(directory, cls, config)
+    tied = _is_tied(model.state_dict(), config)
     state = {}
     for i, path in enumerate(files):
         if progress:
             print(f"loading {path.name} ({i + 1}/{len(files)})", file=sys.stderr, flush=True)
-        for name, tensor in _read_tensors(path):
-            if name in expected:
-                state[name] = tensor.to(device=device, dtype=dtype)
+        for name, tensor in iter_tensors([path], set(model.state_dict()) - ({TIED_KEY} if tied else set())):
+            state[name] = tensor.to(device=device, dtype=dtype)
     if tied:
         state[TIED_KEY] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
+
+
+def verify(directory: Path, cls: type[JetMoePreTrainedModel], config: JetMoeConfig) -> list[Path]:
+    """The folder's weight files, after checking their key set and every shape against `cls(config)`."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in cls(config).state_dict().items()}
+    tied = _is_tied(expected, config)
+    if tied:
+        del expected[TIED_KEY]
+    files = _weight_files(directory)
+    shapes = {name: shape for path in files for name, shape in _read_shapes(path).items()}
+    _check_keys_and_shapes(directory, expected, shapes, optional={TIED_KEY} if tied else set())
+    return files
+
+
+def iter_tensors(files: list[Path], names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for the tensors in `names`, file by file, one tensor in memory at a time."""
+    for path in files:
+        for name, tensor in _read_tensors(path):
+            if name in names:
+                yield name, tensor
+
+
+def _is_tied(state: dict, config: JetMoeConfig) -> bool:
+    return config.tie_word_embeddings and TIED_KEY in state
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -111,24 +127,65 @@ def _weight_files(directory: Path) -> list[Path]:
 
 def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix == ".safetensors":
-        try:
-            with safe_open(path, framework="pt") as f:
-                return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+        return {name: tuple(entry["shape"]) for name, entry in _safetensors_header(path)[0].items()}
     return {name: tuple(t.shape) for name, t in _load_bin(path).items()}
 
 
 def _read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(path, framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
-    else:
+    """Tensors one at a time. Safetensors files are read, not memory-mapped: a mapping would keep every page
+    touched so far resident, so loading (or exporting) a checkpoint would hold the whole file in memory."""
+    if path.suffix != ".safetensors":
         yield from _load_bin(path).items()
+        return
+    header, data_start = _safetensors_header(path)
+    with open(path, "rb") as f:
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            begin, end = entry["data_offsets"]
+            f.seek(data_start + begin)
+            buffer = bytearray(end - begin)
+            if f.readinto(buffer) != len(buffer):
+                raise CheckpointError(f"{path} is truncated inside tensor {name}")
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            tensor = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            yield name, tensor.reshape(entry["shape"])
+
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, dict], int]:
+    """The tensor entries of a safetensors file and where its data starts, after checking they fit the file."""
+    def corrupt(why: str) -> CheckpointError:
+        return CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {why}")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise corrupt(f"{size} bytes is too short for a header")
+        length = int.from_bytes(prefix, "little")
+        if length > size - 8:
+            raise corrupt(f"header of {length} bytes does not fit in a {size}-byte file")
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise corrupt(f"header is not JSON ({e})") from None
+    header.pop("__metadata__", None)
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            itemsize = _SAFETENSORS_DTYPES[entry["dtype"]].itemsize
+            numel = 1
+            for dim in entry["shape"]:
+                numel *= dim
+        except (KeyError, TypeError, ValueError) as e:
+            raise corrupt(f"bad entry for {name}: {e!r}") from None
+        if not 0 <= begin <= end <= data_size or end - begin != numel * itemsize:
+            raise corrupt(f"tensor {name} spans bytes {begin}..{end} of {data_size} data bytes")
+    return header, 8 + length
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -238,7 +295,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 def _temp_name(path: Path) -> Path:
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; the renamed file should look like any other
     return Path(name)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 # ---- all-or-nothing output folders ----------------------------------------------------------------
@@ -254,6 +321,7 @@ class atomic_directory:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+            os.chmod(self.tmp, 0o777 & ~_UMASK)
         except OSError as e:
             raise CheckpointError(f"cannot write to {self.target.parent}: {e.strerror}") from None
         return self.tmp

@@ -25,8 +25,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(run=_checkpoint)
 
-    p = sub.add_parser("generate", help="generate token ids from a checkpoint folder (eager PyTorch)")
-    p.add_argument("model", type=Path, help="HF-format checkpoint folder")
+    p = sub.add_parser("export", help="export a checkpoint folder to ONNX with custom jetmoe dispatch nodes")
+    p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder to write model.onnx and export.json to")
+    p.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (default: fp32)")
+    p.add_argument("--task", default="causal-lm", help="causal-lm or sequence-classification")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 21)")
+    p.add_argument("--validation-outputs", action="store_true",
+                   help="also output router logits and per-layer hidden states (for the validator)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("lint", help="check that an ONNX model only uses what TensorRT's parser supports")
+    p.add_argument("model", type=Path, help="model.onnx")
+    p.set_defaults(run=_lint)
+
+    p = sub.add_parser("generate", help="generate token ids: eager (checkpoint folder) or ONNX Runtime (model.onnx)")
+    p.add_argument("model", type=Path, help="HF-format checkpoint folder, or an exported model.onnx")
+    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider for model.onnx: cpu or cuda")
     p.add_argument("--prompt-ids", action="append", default=[], metavar="IDS",
                    help="comma-separated token ids; repeat for a batch")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
@@ -64,15 +80,49 @@ def _checkpoint(args: argparse.Namespace) -> None:
     print(f"wrote random {args.preset} checkpoint (seed {args.seed}, {args.dtype}) to {out}")
 
 
-def _generate(args: argparse.Namespace) -> None:
-    from jetmoe.model import JetMoeForCausalLM
+def _export(args: argparse.Namespace) -> None:
+    from export.exporter import DEFAULT_OPSET, export_checkpoint
 
+    export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, task=args.task,
+                      opset=args.opset or DEFAULT_OPSET, validation_outputs=args.validation_outputs,
+                      overwrite=args.overwrite)
+
+
+def _lint(args: argparse.Namespace) -> None:
+    import onnx
+
+    from export.lint import lint_model
+
+    if not args.model.is_file():
+        raise InputError(f"no ONNX model at {args.model}")
+    report = lint_model(onnx.load(args.model, load_external_data=False))
+    print(report)
+    if not report:
+        raise LintFailed(f"{len(report.issues)} problem(s) in {args.model}")
+
+
+class LintFailed(JetMoeError):
+    pass
+
+
+def _generate(args: argparse.Namespace) -> None:
     if not args.prompt_ids and not args.prompt:
         raise InputError("give at least one --prompt-ids or --prompt")
-    tokenizer = _tokenizer(args.model) if args.prompt else None
+    folder = args.model.parent if args.model.suffix == ".onnx" else args.model
+    tokenizer = _tokenizer(folder) if args.prompt else None
     prompts = [parse_token_ids(text) for text in args.prompt_ids]
     prompts += [tokenizer.encode(text).ids for text in args.prompt] if tokenizer else []
-    model = JetMoeForCausalLM.from_pretrained(args.model, dtype=args.dtype, progress=True)
+    if args.model.suffix == ".onnx":
+        from export.onnx_runtime import OnnxModel
+
+        providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+        if args.provider not in providers:
+            raise InputError(f"--provider {args.provider!r} is not one of {sorted(providers)}")
+        model = OnnxModel(args.model, providers=providers[args.provider])
+    else:
+        from jetmoe.model import JetMoeForCausalLM
+
+        model = JetMoeForCausalLM.from_pretrained(args.model, dtype=args.dtype, progress=True)
     streamer = (lambda tokens: print(" ".join("-" if t is None else str(t) for t in tokens), flush=True)
                 if args.stream else None)
     outputs = model.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,

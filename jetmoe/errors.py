@@ -15,3 +15,7 @@ class CheckpointError(JetMoeError):
 
 class InputError(JetMoeError, ValueError):
     """A model input (token ids, lengths, masks, generation options) is out of range."""
+
+
+class ExportError(JetMoeError):
+    """An export cannot be done as asked (unsupported dtype or task, output exists, a failed export step)."""

@@ -218,7 +218,8 @@ class JetMoeForSequenceClassification(JetMoePreTrainedModel):
         pooled = logits[torch.arange(B, device=logits.device), last]  # [B, num_labels]
 
         loss = None if labels is None else classification_loss(pooled, labels, self.config)
-        out = SequenceClassifierOutput(loss, pooled, base.past_key_values, base.hidden_states, base.attentions)
+        out = SequenceClassifierOutput(loss, pooled, base.past_key_values, base.hidden_states, base.attentions,
+                                       base.router_logits)
         return out if return_dict is not False else out.to_tuple()
 
 

@@ -43,3 +43,4 @@ class SequenceClassifierOutput(_Output):
     past_key_values: KVCache | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
+    router_logits: tuple[Tensor, ...] | None = None  # not in HF's output; last, so HF's tuple order holds

@@ -75,3 +75,19 @@ def test_console_script_and_demo(tmp_path):
     assert (tmp_path / "demo" / "checkpoint" / "model.safetensors").is_file()
     usage = subprocess.run([sys.executable, "-m", "jetmoe.cli", "generate"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_export_and_onnx_generate(checkpoint, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "onnx")]) == 0
+    assert "wrote" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "onnx" / "model.onnx"), "--prompt-ids", "1,2,3",
+                 "--prompt-ids", "7", "--max-new-tokens", "5"]) == 0
+    onnx_lines = capsys.readouterr().out.split()
+    assert main(["generate", str(checkpoint), "--prompt-ids", "1,2,3", "--prompt-ids", "7",
+                 "--max-new-tokens", "5"]) == 0
+    assert onnx_lines == capsys.readouterr().out.split()
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "onnx")]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "onnx" / "model.onnx"), "--prompt-ids", "1", "--provider", "tpu"]) == 1
+    assert "--provider 'tpu'" in capsys.readouterr().err
