@@ -124,7 +124,7 @@ class _CausalLM(torch.nn.Module):
         out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      past_key_values=past, use_cache=True, output_router_logits=self.validation_outputs,
                      output_hidden_states=self.validation_outputs)
-        extra = (out.router_logits, out.hidden_states) if self.validation_outputs else ()
+        extra = (out.router_logits, out.hidden_states, out.moa_hidden_states) if self.validation_outputs else ()
         return (out.logits, out.past_key_values.to_tuple(), *extra)
 
 
@@ -137,7 +137,7 @@ class _SequenceClassification(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
         out = self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                      output_router_logits=self.validation_outputs, output_hidden_states=self.validation_outputs)
-        extra = (out.router_logits, out.hidden_states) if self.validation_outputs else ()
+        extra = (out.router_logits, out.hidden_states, out.moa_hidden_states) if self.validation_outputs else ()
         return (out.logits, *extra)
 
 

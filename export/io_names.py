@@ -32,6 +32,11 @@ class IoNames:
         return [f"hidden_states.{i}" for i in range(self.num_layers + 1)]
 
     @property
+    def moa_hidden_states(self) -> list[str]:
+        """Per layer, the state after the MoA residual and before the MoE (validation outputs)."""
+        return [f"moa_hidden_states.{i}" for i in range(self.num_layers)]
+
+    @property
     def inputs(self) -> list[str]:
         if self.task == "causal-lm":
             return ["input_ids", "attention_mask", "position_ids"] + [n for pair in self.past for n in pair]
@@ -43,7 +48,7 @@ class IoNames:
         if self.task == "causal-lm":
             names += [n for pair in self.present for n in pair]
         if self.validation_outputs:
-            names += self.router_logits + self.hidden_states
+            names += self.router_logits + self.hidden_states + self.moa_hidden_states
         return names
 
     def dim_labels(self) -> list[tuple[str, int, str]]:

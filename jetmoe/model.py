@@ -103,11 +103,12 @@ class JetMoeModel(JetMoePreTrainedModel):
         cos, sin = rope_cos_sin(position_ids, config.kv_channels, config.rope_theta, inputs_embeds.dtype)
 
         hidden = inputs_embeds
-        all_hidden, all_attn, all_router = [], [], []
+        all_hidden, all_moa, all_attn, all_router = [], [], [], []
         for block in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden, attn, router_logits = block(hidden, cos, sin, bias, cache, output_attentions)
+            hidden, moa_hidden, attn, router_logits = block(hidden, cos, sin, bias, cache, output_attentions)
+            all_moa.append(moa_hidden)
             all_attn.append(attn)
             all_router.extend(router_logits)
         hidden = self.norm(hidden)
@@ -118,6 +119,7 @@ class JetMoeModel(JetMoePreTrainedModel):
             last_hidden_state=hidden,
             past_key_values=cache if use_cache else None,
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
+            moa_hidden_states=tuple(all_moa) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
             router_logits=tuple(all_router) if output_router_logits else None,
         )
@@ -168,7 +170,7 @@ class JetMoeForCausalLM(JetMoePreTrainedModel):
             if loss is not None:
                 loss = loss + self.config.aux_loss_coef * aux_loss
         out = CausalLMOutput(loss, aux_loss, logits, base.past_key_values, base.hidden_states, base.attentions,
-                             base.router_logits)
+                             base.router_logits, base.moa_hidden_states)
         return out if return_dict is not False else out.to_tuple()
 
     def generate(self, prompts, **options):
@@ -219,7 +221,7 @@ class JetMoeForSequenceClassification(JetMoePreTrainedModel):
 
         loss = None if labels is None else classification_loss(pooled, labels, self.config)
         out = SequenceClassifierOutput(loss, pooled, base.past_key_values, base.hidden_states, base.attentions,
-                                       base.router_logits)
+                                       base.router_logits, base.moa_hidden_states)
         return out if return_dict is not False else out.to_tuple()
 
 
@@ -237,12 +239,13 @@ class JetMoeBlock(nn.Module):
         self.mlp = MixtureOfExperts(config)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, cache: KVCache | None,
-                output_attentions: bool | None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+                output_attentions: bool | None) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor]]:
+        """Block output, the state between MoA and MoE, attention weights, (MoA, MoE) router logits."""
         attn_out, attn, moa_logits = self.self_attention(self.input_layernorm(x), cos, sin, bias, cache,
                                                          output_attentions)
         h = x + attn_out
         mlp_out, moe_logits = self.mlp(self.post_attention_layernorm(h))
-        return h + mlp_out, attn, (moa_logits, moe_logits)
+        return h + mlp_out, h, attn, (moa_logits, moe_logits)
 
 
 class MixtureOfAttention(nn.Module):

@@ -23,6 +23,9 @@ class JetMoeModelOutput(_Output):
     hidden_states: tuple[Tensor, ...] | None = None  # embeddings, then each block's output; last one normed
     attentions: tuple[Tensor, ...] | None = None  # per layer [B, H, S, P+S], head h = slot * H_kv + kv head
     router_logits: tuple[Tensor, ...] | None = None  # per layer MoA then MoE, each [B*S, E] float32
+    # Not in HF's output (and last, so HF's tuple order holds): per layer, the state after the MoA residual,
+    # before the MoE. With hidden_states it locates an error to a sub-block. Filled with output_hidden_states.
+    moa_hidden_states: tuple[Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -34,6 +37,7 @@ class CausalLMOutput(_Output):
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
     router_logits: tuple[Tensor, ...] | None = None
+    moa_hidden_states: tuple[Tensor, ...] | None = None  # not in HF's output; see JetMoeModelOutput
 
 
 @dataclasses.dataclass
@@ -44,3 +48,4 @@ class SequenceClassifierOutput(_Output):
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor, ...] | None = None
     router_logits: tuple[Tensor, ...] | None = None  # not in HF's output; last, so HF's tuple order holds
+    moa_hidden_states: tuple[Tensor, ...] | None = None

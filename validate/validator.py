@@ -1,0 +1,269 @@
+"""`jetmoe validate`: the same cases through every available backend, compared with eager fp32.
+
+    report = validate_export("ckpt", onnx="out/model.onnx")
+    print(report.table()); report.save("report.json"); sys.exit(0 if report else 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.onnx_runtime import read_manifest
+from jetmoe import checkpoint as ckpt
+from jetmoe.config import JetMoeConfig
+from jetmoe.errors import CheckpointError, InputError
+from jetmoe.generate import generate
+from validate import metrics
+from validate.cases import Case, RunnerStep, Step, default_cases, run_case
+from validate.runners import BaseRunner, EagerRunner, OnnxrtRunner, RunnerUnavailable, TrtRunner
+from validate.tolerances import DEFAULTS, Tolerances
+
+REFERENCE = "eager-float32"
+
+
+@dataclasses.dataclass
+class StepReport:
+    case: str
+    step: str
+    logits: metrics.LogitStats
+    kv_max_abs: float | None
+    kv_scale: float | None
+    routing: list[metrics.RoutingStats] | None  # None: the backend has no validation outputs
+    sub_block_errors: list[dict[str, Any]] | None
+    first_divergence: metrics.Divergence | None
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclasses.dataclass
+class GenerationReport:
+    tokens: int
+    reference: list[list[int]]
+    backend: list[list[int]]
+    first_divergent_step: int | None  # None: identical
+    failures: list[str]
+
+
+@dataclasses.dataclass
+class BackendReport:
+    name: str
+    dtype: str
+    available: bool
+    reason: str | None = None
+    tolerances: Tolerances | None = None
+    steps: list[StepReport] = dataclasses.field(default_factory=list)
+    generation: GenerationReport | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.available and all(s.passed for s in self.steps) and not (
+            self.generation and self.generation.failures)
+
+
+@dataclasses.dataclass
+class ValidationReport:
+    checkpoint: str
+    onnx: str | None
+    engine: str | None
+    reference: str
+    cases: list[dict[str, Any]]
+    backends: list[BackendReport]
+
+    def __bool__(self) -> bool:
+        ran = [b for b in self.backends if b.available]
+        return bool(ran) and all(b.passed for b in ran)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["passed"] = bool(self)
+        for backend, raw in zip(self.backends, out["backends"]):
+            raw["passed"] = backend.passed
+        return out
+
+    def save(self, path: str | os.PathLike) -> None:
+        ckpt.atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def table(self) -> str:
+        from validate.report import render_table
+
+        return render_table(self)
+
+
+def validate_export(
+    checkpoint: str | os.PathLike,
+    onnx: str | os.PathLike | None = None,
+    engine: str | os.PathLike | None = None,
+    *,
+    providers: tuple[str, ...] = ("cpu",),
+    decode_steps: int = 4,
+    long_context: int | None = None,
+    generation_tokens: int = 16,
+    tolerance_overrides: dict[str, str] | None = None,
+    polygraphy_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ValidationReport:
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"checkpoint folder {checkpoint} does not exist")
+    if onnx is None and engine is None:
+        raise InputError("nothing to validate: give an ONNX model (--onnx) and/or a TensorRT engine (--engine)")
+    for path in (onnx, engine):
+        if path is not None and not Path(path).is_file():
+            raise InputError(f"{path} does not exist")
+    config = JetMoeConfig.from_pretrained(checkpoint)
+    task, dtype = "causal-lm", "fp32"
+    if onnx is not None:
+        manifest = read_manifest(Path(onnx))
+        _check_same_model(config, JetMoeConfig.from_dict(manifest["config"]), Path(onnx))
+        task, dtype = manifest["task"], manifest["dtype"]
+    say = (lambda message: print(f"[validate] {message}", file=sys.stderr, flush=True)) if progress else (
+        lambda message: None)
+
+    cases = default_cases(config, decode_steps, long_context) if task == "causal-lm" else default_cases(
+        config, 0, 0)[:1]
+    reference = EagerRunner(checkpoint, task=task)
+    with reference:
+        say(f"reference {REFERENCE}: {len(cases)} cases")
+        ref_steps = {case.name: run_case(reference, case) for case in cases}
+        ref_generation = _generate(reference, cases[0], generation_tokens) if task == "causal-lm" else None
+        if polygraphy_dir is not None and onnx is not None:
+            save_polygraphy_reference(reference, Path(onnx), cases[0], Path(polygraphy_dir))
+
+    runners: list[BaseRunner] = [OnnxrtRunner(onnx, provider) for provider in providers] if onnx else []
+    if engine is not None:
+        runners.append(TrtRunner(engine))
+    tolerances = DEFAULTS[dtype].replace(tolerance_overrides or {})
+    backends = []
+    for runner in runners:
+        say(f"backend {runner.name}")
+        backends.append(_validate_backend(runner, cases, ref_steps, ref_generation, config, dtype, tolerances))
+    return ValidationReport(str(checkpoint), None if onnx is None else str(onnx),
+                            None if engine is None else str(engine), REFERENCE,
+                            [dataclasses.asdict(c) for c in cases], backends)
+
+
+def _check_same_model(config: JetMoeConfig, exported: JetMoeConfig, onnx: Path) -> None:
+    ours, theirs = config.to_dict(), exported.to_dict()
+    ours.pop("dtype", None), theirs.pop("dtype", None)
+    different = [f"{key}: checkpoint {ours.get(key)!r}, ONNX {theirs.get(key)!r}"
+                 for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    if different:
+        raise InputError(f"{onnx} was exported from a different model than the checkpoint ({'; '.join(different)})")
+
+
+def _validate_backend(runner: BaseRunner, cases: list[Case], ref_steps: dict[str, list[Step]],
+                      ref_generation: list[list[int]] | None, config: JetMoeConfig, dtype: str,
+                      tolerances: Tolerances) -> BackendReport:
+    try:
+        runner.activate()
+    except RunnerUnavailable as e:
+        return BackendReport(runner.name, dtype, available=False, reason=str(e))
+    try:
+        report = BackendReport(runner.name, dtype, available=True, tolerances=tolerances)
+        for case in cases:
+            for ref, test in zip(ref_steps[case.name], run_case(runner, case)):
+                report.steps.append(compare_step(case.name, ref, test, runner, config, tolerances))
+        if ref_generation is not None:
+            tokens = _generate(runner, cases[0], len(ref_generation[0]))
+            report.generation = _compare_generation(ref_generation, tokens, tolerances)
+        return report
+    finally:
+        runner.deactivate()
+
+
+def compare_step(case: str, ref: Step, test: Step, runner: BaseRunner, config: JetMoeConfig,
+                 tolerances: Tolerances) -> StepReport:
+    names = runner.io_names
+    real = ref.real
+    logits = metrics.logit_stats(ref.outputs["logits"][real] if ref.outputs["logits"].ndim == 3
+                                 else ref.outputs["logits"],
+                                 test.outputs["logits"][real] if test.outputs["logits"].ndim == 3
+                                 else test.outputs["logits"])
+    failures = []
+    limit = tolerances.logits_atol + tolerances.logits_rtol * logits.scale
+    if logits.max_abs > limit:
+        failures.append(f"logits max |diff| {logits.max_abs:.3g} > {limit:.3g}")
+    if logits.top1 < tolerances.min_top1:
+        failures.append(f"top-1 agreement {logits.top1:.3f} < {tolerances.min_top1}")
+    if logits.kl > tolerances.max_kl:
+        failures.append(f"KL {logits.kl:.3g} > {tolerances.max_kl:.3g}")
+
+    kv_max = kv_scale = None
+    if names.task == "causal-lm":
+        kv_max = max(float(np.abs(ref.outputs[n] - test.outputs[n]).max(initial=0.0))
+                     for pair in names.present for n in pair)
+        kv_scale = max(float(np.abs(ref.outputs[n]).max(initial=0.0)) for pair in names.present for n in pair)
+        if kv_max > tolerances.kv_rtol * kv_scale:
+            failures.append(f"KV cache max |diff| {kv_max:.3g} > {tolerances.kv_rtol * kv_scale:.3g}")
+
+    routing = errors = divergence = None
+    if names.validation_outputs:
+        flat_real = real.reshape(-1)
+        routing = [metrics.routing_stats(ref.outputs[name][flat_real], test.outputs[name][flat_real],
+                                         config.num_experts_per_tok, tolerances.tie_margin, i // 2, name[-3:])
+                   for i, name in enumerate(names.router_logits)]
+        for r in routing:
+            if r.agree < tolerances.min_routing:
+                failures.append(f"layer {r.layer} {r.router.upper()} routing agreement {r.agree:.3f} < "
+                                f"{tolerances.min_routing} ({r.decisions} decisions, near-ties excluded)")
+        stages = metrics.sub_block_errors(ref.outputs, test.outputs, names, real)
+        errors = [{**dataclasses.asdict(d), "rel_error": rel} for d, rel in stages]
+        divergence = metrics.first_divergence(stages, tolerances)
+    return StepReport(case, test.label, logits, kv_max, kv_scale, routing, errors, divergence, failures)
+
+
+def _generate(runner: BaseRunner, case: Case, tokens: int) -> list[list[int]]:
+    return generate(RunnerStep(runner), [list(p) for p in case.prompts], max_new_tokens=tokens,
+                    pad_token_id=runner.config.pad_token_id)
+
+
+def _compare_generation(ref: list[list[int]], test: list[list[int]], tolerances: Tolerances) -> GenerationReport:
+    first = None
+    for step in range(max(len(r) for r in ref)):
+        if any(r[step:step + 1] != t[step:step + 1] for r, t in zip(ref, test)):
+            first = step
+            break
+    failures = []
+    if first is not None and tolerances.generation_must_match:
+        failures.append(f"greedy generation diverges from eager at step {first}")
+    return GenerationReport(max(len(r) for r in ref), ref, test, first, failures)
+
+
+# ---- an independent check with Polygraphy -------------------------------------------------------------
+
+
+def save_polygraphy_reference(reference: EagerRunner, onnx: Path, case: Case, folder: Path) -> None:
+    """Write `inputs.json` and `reference.json` (a Polygraphy RunResults) so Polygraphy can compare the ONNX
+    (and, on a TensorRT machine, an engine) against eager on its own:
+
+        polygraphy run model.onnx --onnxrt --load-inputs inputs.json --load-outputs reference.json \\
+            --atol 1e-4 --rtol 1e-3
+    """
+    import onnx as onnx_lib
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.json import save_json
+
+    metrics.quiet_polygraphy()
+    graph = onnx_lib.load(onnx, load_external_data=False).graph
+    types = {v.name: onnx_lib.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+             for v in (*graph.input, *graph.output)}
+    single = Case(case.name, case.prompts[:1])  # one unpadded row: every output position is meaningful
+    step = run_case(reference, single)[0]
+    feeds = {name: step.feeds[name].astype(types[name]) for name in (v.name for v in graph.input)}
+    outputs = {name: step.outputs[name].astype(types[name]) for name in (v.name for v in graph.output)}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json([feeds], str(folder / "inputs.json"))
+    results = RunResults()
+    results.append((REFERENCE, [IterationResult(outputs, runner_name=REFERENCE)]))
+    results.save(str(folder / "reference.json"))
