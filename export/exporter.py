@@ -248,6 +248,9 @@ def _stream_weights(model, checkpoint_dir: Path, files: list[Path], config: JetM
                 say(f"  {done}/{len(by_key)} tensors, {offset / 2**20:.0f} MiB")
     missing = [name for name, value in values.items() if value.const_value is None]
     assert not missing, f"initializers without data: {missing}"
+    for value in list(values.values()):  # the graph's weights carry their HF names
+        value.name = value.name[len(_PREFIX):]
+        value.const_value.name = value.name
 
 
 def _to_bytes(tensor: torch.Tensor) -> bytes:

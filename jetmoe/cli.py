@@ -57,6 +57,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="print each step's tokens as they are generated")
     p.set_defaults(run=_generate)
 
+    p = sub.add_parser("validate", help="check an export (and engine) against the eager model; exit 1 on failure")
+    p.add_argument("checkpoint", type=Path, help="the HF-format checkpoint folder the export was made from")
+    p.add_argument("--onnx", type=Path, help="exported model.onnx (run in ONNX Runtime)")
+    p.add_argument("--engine", type=Path, help="TensorRT engine (run where TensorRT and a GPU exist)")
+    p.add_argument("--provider", action="append", default=None, metavar="NAME",
+                   help="ONNX Runtime provider: cpu (default) or cuda; repeat for both")
+    p.add_argument("--json", type=Path, help="write the full report as JSON here")
+    p.add_argument("--decode-steps", type=int, default=4, help="decode steps after each prefill (default 4)")
+    p.add_argument("--long-context", type=int, default=None,
+                   help="tokens in the long-context case (default: max_position_embeddings - decode steps; 0: skip)")
+    p.add_argument("--generation-tokens", type=int, default=16, help="greedy tokens compared (default 16)")
+    p.add_argument("--tolerance", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a limit, e.g. logits_atol=1e-3 (see docs/validation.md)")
+    p.add_argument("--polygraphy-dir", type=Path,
+                   help="also save inputs.json and reference.json for an independent `polygraphy run` check")
+    p.set_defaults(run=_validate)
+
     p = sub.add_parser("demo", help="the main job on the embedded default: random checkpoint, then generation")
     p.add_argument("--workdir", type=Path, default=Path("jetmoe-demo"), help="where to write (default: jetmoe-demo)")
     p.add_argument("--seed", type=int, default=0)
@@ -132,6 +149,30 @@ def _generate(args: argparse.Namespace) -> None:
         print(",".join(map(str, tokens)))
         if tokenizer is not None:
             print(tokenizer.decode(tokens))
+
+
+def _validate(args: argparse.Namespace) -> None:
+    from validate.validator import validate_export
+
+    overrides = {}
+    for item in args.tolerance:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InputError(f"--tolerance {item!r} is not NAME=VALUE")
+        overrides[key] = value
+    report = validate_export(args.checkpoint, onnx=args.onnx, engine=args.engine,
+                             providers=tuple(args.provider or ["cpu"]), decode_steps=args.decode_steps,
+                             long_context=args.long_context, generation_tokens=args.generation_tokens,
+                             tolerance_overrides=overrides, polygraphy_dir=args.polygraphy_dir)
+    print(report.table())
+    if args.json:
+        report.save(args.json)
+    if not report:
+        raise ValidationFailed("the backends under test do not match the eager model (see the table above)")
+
+
+class ValidationFailed(JetMoeError):
+    pass
 
 
 def _demo(args: argparse.Namespace) -> None:

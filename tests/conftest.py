@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jetmoe import JetMoeConfig, JetMoeForCausalLM
+from export.exporter import export_checkpoint
+
+from jetmoe import JetMoeConfig, JetMoeForCausalLM, JetMoeForSequenceClassification
 from jetmoe.random_weights import init_random_
 
 # name -> config overrides. Odd and prime sizes on purpose; k = 1 and k = 3 as well as JetMoe's k = 2.
@@ -36,3 +38,41 @@ def config(request) -> JetMoeConfig:
 @pytest.fixture
 def transformers():
     return pytest.importorskip("transformers", reason="HF transformers is the oracle: pip install 'jetmoe-trt[test]'")
+
+
+# ---- exports shared across test modules (each export traces the model: ~20 s, so each is made once) ----
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "ckpt"
+    # rms_norm_eps 1e-5 as in jetmoe-8b: only the final norm may use it, so a block-norm eps bug shows
+    model = make_model(CONFIGS["tiny"].replace(rms_norm_eps=1e-5), seed=21)
+    model.save_pretrained(folder)
+    return folder, model
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoint, tmp_path_factory):
+    """dtype -> (model.onnx path) for the tiny checkpoint, exported on first use."""
+    folder, _ = tiny_checkpoint
+    cache = {}
+
+    def get(dtype="fp32", validation_outputs=False):
+        key = (dtype, validation_outputs)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("onnx") / f"{dtype}-{validation_outputs}"
+            cache[key] = export_checkpoint(folder, out, dtype=dtype, validation_outputs=validation_outputs,
+                                           progress=False)
+        return cache[key]
+    return get
+
+
+@pytest.fixture(scope="session")
+def classification_export(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cls") / "ckpt"
+    config = CONFIGS["odd"].replace(pad_token_id=0, num_labels=3)
+    model = make_model(config, cls=JetMoeForSequenceClassification, seed=5)
+    model.save_pretrained(folder)
+    path = export_checkpoint(folder, folder.parent / "onnx", task="sequence-classification", progress=False)
+    return path, model
