@@ -74,6 +74,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="also save inputs.json and reference.json for an independent `polygraphy run` check")
     p.set_defaults(run=_validate)
 
+    p = sub.add_parser("bench", help="prefill and decode latency of eager, HF eager, ONNX Runtime (and TensorRT)")
+    p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
+    p.add_argument("--onnx", type=Path, help="exported model.onnx of the same checkpoint")
+    p.add_argument("--batch", type=int, action="append", default=None, help="batch size; repeat for several")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
+    p.add_argument("--context", type=int, default=128, help="cached tokens for a decode step (default 128)")
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+    p.add_argument("--no-hf", action="store_true", help="leave out HF transformers' eager model")
+    p.add_argument("--json", type=Path, help="write the timings as JSON here")
+    p.add_argument("--plot", type=Path, help="write tokens/s against batch size as a picture (PNG) here")
+    p.set_defaults(run=_bench)
+
     p = sub.add_parser("demo", help="the main job on the embedded default: random checkpoint, then generation")
     p.add_argument("--workdir", type=Path, default=Path("jetmoe-demo"), help="where to write (default: jetmoe-demo)")
     p.add_argument("--seed", type=int, default=0)
@@ -173,6 +186,18 @@ def _validate(args: argparse.Namespace) -> None:
 
 class ValidationFailed(JetMoeError):
     pass
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from validate.bench import bench
+
+    report = bench(args.checkpoint, args.onnx, batches=tuple(args.batch or [1]), prompt_tokens=args.prompt_tokens,
+                   context=args.context, reps=args.reps, hf=not args.no_hf, threads=args.threads)
+    print(report.table())
+    if args.json:
+        report.save(args.json)
+    if args.plot:
+        report.plot(args.plot)
 
 
 def _demo(args: argparse.Namespace) -> None:
