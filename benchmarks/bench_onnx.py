@@ -1,0 +1,581 @@
+"""ONNX export cost and ONNX Runtime CPU latency: our export vs HF eager and HF transformers' own ONNX exporter.
+
+At 8B widths with 2 layers, on random weights written once (`write_random_checkpoint`) to a work folder:
+
+(a) export: `jetmoe export CKPT -o OUT --dtype fp32` and `--dtype bf16`, each in a fresh process under
+    `/usr/bin/time -v`: wall time, "Maximum resident set size", and peak RSS / weight bytes in that dtype
+    (target <= 1.5). The RSS of a process that only imports the exporter's modules is reported alongside.
+(b) latency, batch 1, fp32, 2 threads, one process: a decode step on P=128 cached tokens (the prefix cache is
+    built once and reused by every step) and a prefill of S=128 tokens, for
+      ours     our fp32 export in ONNX Runtime CPU through `export.onnx_runtime.OnnxModel` (threads=2)
+      hf       HF eager `transformers.JetMoeForCausalLM.from_pretrained(CKPT, dtype=float32)` (default attention)
+      hf_onnx  HF's `transformers.exporters.OnnxExporter().export_for_generation(...)` (exported in a fresh
+               process from the same checkpoint), prefill.onnx and decode.onnx in ONNX Runtime CPU, 2 threads
+    Logits are checked against HF eager first; then the three run alternately (ours, hf, hf_onnx, ...) after
+    warm-up, and the medians and our ratio to each are reported (target: our decode step faster than both).
+    Session creation time and RSS growth are reported per ORT model.
+(c) with --profile: ORT's profiler on the decode step of ours and of hf_onnx; time per op type and top nodes.
+
+    python benchmarks/bench_onnx.py                 # full run (~15 min, ~14 GB disk), writes docs/bench/onnx.json
+    python benchmarks/bench_onnx.py --profile       # also profile the decode step of both ONNX models
+    python benchmarks/bench_onnx.py --quick         # smoke run: tiny preset, few reps
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_JSON = ROOT / "docs" / "bench" / "onnx.json"
+S = P = 128
+THREADS = 2
+RSS_TARGET = 1.5
+PARITY_TOL = 1e-3  # absolute on logits; the random weights give logits of magnitude ~1-10 (printed alongside)
+CONFIGS = {
+    "8b-widths-2l": dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=2, num_key_value_heads=16,
+                         kv_channels=128, intermediate_size=5632),
+    "tiny": "tiny",
+}
+DEFAULT_REPS = {"decode": 40, "prefill": 10}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+GiB = 2**30
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------
+
+
+def make_config(name: str):
+    from jetmoe import JetMoeConfig
+
+    spec = CONFIGS[name]
+    return JetMoeConfig.from_preset(spec) if isinstance(spec, str) else JetMoeConfig(**spec)
+
+
+def proc_status() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+class Creation:
+    """Wall time and RSS growth (after, and peak during) of what runs inside the block, in this process."""
+
+    def __enter__(self):
+        gc.collect()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+            self.peak_reset = True
+        except OSError:
+            self.peak_reset = False
+        self.before = proc_status()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        after = proc_status()
+        self.result = {"seconds": self.seconds, "rss_growth_gib": (after["VmRSS"] - self.before["VmRSS"]) / GiB,
+                       "rss_anon_growth_gib": (after["RssAnon"] - self.before["RssAnon"]) / GiB,
+                       "rss_file_growth_gib": (after["RssFile"] - self.before["RssFile"]) / GiB,
+                       "peak_growth_gib": (after["VmHWM"] - self.before["VmRSS"]) / GiB if self.peak_reset else None,
+                       "rss_after_gib": after["VmRSS"] / GiB}
+        return False
+
+
+def time_v(cmd: list[str], log: Path, env: dict | None = None) -> dict:
+    """Run cmd under /usr/bin/time -v; wall seconds, peak RSS, exit status; stderr kept in `log`."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    log.write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
+    return {"command": " ".join(cmd), "returncode": proc.returncode, "seconds": seconds,
+            "time_v_elapsed": wall.group(1) if wall else None,
+            "max_rss_gib": int(m.group(1)) * 1024 / GiB if m else None,
+            "stderr_tail": proc.stderr[-3000:] if proc.returncode else None}
+
+
+def checkpoint_numel(ckpt: Path) -> int:
+    """Number of weight elements in the checkpoint, from the safetensors headers (no tensor is read)."""
+    total = 0
+    for path in sorted(ckpt.glob("*.safetensors")):
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        total += sum(int(np.prod(v["shape"], dtype=np.int64)) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_state() -> dict:
+    def git(*args):
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    return {"head": git("rev-parse", "HEAD"), "dirty": (git("status", "--short") or "").splitlines()}
+
+
+def versions() -> dict:
+    import onnx
+    import onnxruntime
+    import onnxscript
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
+            "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+# ---- subprocess entry points (fresh processes for writing the checkpoint and for HF's export) -----------------
+
+
+def _write_checkpoint(ckpt: str, config_name: str) -> None:
+    from jetmoe.random_weights import write_random_checkpoint
+
+    write_random_checkpoint(ckpt, make_config(config_name), seed=0)
+
+
+def _hf_export(ckpt: str, out: str) -> None:
+    import transformers
+    from transformers.exporters import OnnxConfig, OnnxExporter
+
+    torch.set_num_threads(THREADS)
+    model = transformers.JetMoeForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    ids = torch.randint(model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    exported = OnnxExporter().export_for_generation(
+        model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, OnnxConfig(dynamic=True),
+        multi_token_decode=True)
+    t1 = time.perf_counter()
+    exported.save_pretrained(out)
+    print(json.dumps({"export_s": t1 - t0, "save_s": time.perf_counter() - t1}))
+
+
+# ---- the three runtimes ----------------------------------------------------------------------------------------
+
+
+def ort_session(path: Path, profile_prefix: str | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class HfOnnx:
+    """HF's exported prefill.onnx (input_ids, position_ids -> logits, cache.*) and decode.onnx
+    (input_ids, position_ids, input.cache.* -> logits, output.cache.*), cache kept in OrtValues."""
+
+    def __init__(self, folder: Path, load_prefill: bool = True, profile_prefix: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.ort = ort
+        self.creation = {}
+        self.prefill_session = None
+        if load_prefill:
+            with Creation() as c:
+                self.prefill_session = ort_session(folder / "prefill.onnx")
+            self.creation["prefill.onnx"] = c.result
+        with Creation() as c:
+            self.decode_session = ort_session(folder / "decode.onnx", profile_prefix)
+        self.creation["decode.onnx"] = c.result
+        self.decode_inputs = [i.name for i in self.decode_session.get_inputs()]
+        self.decode_outputs = [o.name for o in self.decode_session.get_outputs()]
+        self.cache_in = [n for n in self.decode_inputs if "cache" in n]
+        self.cache_out = [n for n in self.decode_outputs if "cache" in n]
+        key = lambda n: re.search(r"layers\.(\d+)\.(keys|values)$", n).groups()  # noqa: E731
+        assert [key(n) for n in self.cache_in] == [key(n) for n in self.cache_out], (self.cache_in, self.cache_out)
+        if self.prefill_session is not None:
+            self.prefill_outputs = [o.name for o in self.prefill_session.get_outputs()]
+            prefill_cache = [n for n in self.prefill_outputs if "cache" in n]
+            assert [key(n) for n in prefill_cache] == [key(n) for n in self.cache_in], prefill_cache
+
+    def io(self) -> dict:
+        out = {"decode_inputs": self.decode_inputs, "decode_outputs": self.decode_outputs}
+        if self.prefill_session is not None:
+            out["prefill_inputs"] = [i.name for i in self.prefill_session.get_inputs()]
+            out["prefill_outputs"] = self.prefill_outputs
+        return out
+
+    def _ids(self, ids: torch.Tensor, positions: torch.Tensor):
+        v = self.ort.OrtValue.ortvalue_from_numpy
+        return {"input_ids": v(ids.numpy().astype(np.int64)), "position_ids": v(positions.numpy().astype(np.int64))}
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor):
+        values = self.prefill_session.run_with_ort_values(self.prefill_outputs, self._ids(ids, positions))
+        return torch.from_numpy(values[0].numpy()[:, -1]).float(), list(values[1:])
+
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: list):
+        feeds = self._ids(ids, positions)
+        feeds.update(zip(self.cache_in, cache))
+        values = self.decode_session.run_with_ort_values(["logits", *self.cache_out], feeds)
+        return torch.from_numpy(values[0].numpy()[:, -1]).float(), list(values[1:])
+
+
+def time_alternating(fns: dict, after: dict, reps: int, warmup: int) -> dict[str, list[float]]:
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            fn()
+            after.get(name, lambda: None)()
+    times = {name: [] for name in fns}
+    for _ in range(reps):  # alternate so slow phases of a shared machine hit every side alike
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            after.get(name, lambda: None)()
+    return times
+
+
+# ---- phases ----------------------------------------------------------------------------------------------------
+
+
+def phase_export(work: Path, ckpt: Path, dtypes: list[str], numel: int) -> dict:
+    results = {}
+    baseline = time_v([sys.executable, "-c", "import export.exporter, onnxscript, torch.onnx"],
+                      work / "baseline.log")
+    results["import_baseline"] = baseline
+    print(f"\n(a) export, fresh process each, /usr/bin/time -v; weights {numel / 1e6:.1f} M params; "
+          f"import-only process peak {baseline['max_rss_gib']:.2f} GiB", flush=True)
+    for dtype in dtypes:
+        out = work / f"ours_{dtype}"
+        shutil.rmtree(out, ignore_errors=True)
+        r = time_v(["jetmoe", "export", str(ckpt), "-o", str(out), "--dtype", dtype], work / f"export_{dtype}.log")
+        weight_bytes = numel * DTYPE_BYTES[dtype]
+        r.update({"dtype": dtype, "weight_bytes": weight_bytes,
+                  "data_file_bytes": (out / "model.onnx.data").stat().st_size if r["returncode"] == 0 else None})
+        if r["max_rss_gib"] is not None:
+            r["peak_rss_over_weights"] = r["max_rss_gib"] * GiB / weight_bytes
+            r["peak_rss_minus_import_baseline_over_weights"] = \
+                (r["max_rss_gib"] - baseline["max_rss_gib"]) * GiB / weight_bytes
+            r["meets_target"] = r["peak_rss_over_weights"] <= RSS_TARGET
+        results[dtype] = r
+        if r["returncode"]:
+            print(f"  {dtype}: FAILED (exit {r['returncode']}):\n{r['stderr_tail']}", flush=True)
+        else:
+            print(f"  {dtype}: {r['seconds']:6.1f} s, peak RSS {r['max_rss_gib']:.2f} GiB, weights "
+                  f"{weight_bytes / GiB:.2f} GiB -> ratio {r['peak_rss_over_weights']:.2f} (target <= {RSS_TARGET}; "
+                  f"{r['peak_rss_minus_import_baseline_over_weights']:.2f} above the import baseline)", flush=True)
+    return results
+
+
+def phase_hf_export(work: Path, ckpt: Path, numel: int) -> dict:
+    out = work / "hf_onnx"
+    shutil.rmtree(out, ignore_errors=True)
+    code = ("import sys; sys.path.insert(0, %r); from benchmarks.bench_onnx import _hf_export; _hf_export(%r, %r)"
+            % (str(ROOT), str(ckpt), str(out)))
+    r = time_v([sys.executable, "-c", code], work / "hf_export.log")
+    if r["returncode"] == 0:
+        log = (work / "hf_export.log").read_text().split("----- stderr -----")[0]
+        r.update(json.loads([line for line in log.splitlines() if line.startswith("{")][-1]))
+        r["files"] = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+        r["peak_rss_over_weights"] = r["max_rss_gib"] * GiB / (numel * 4)
+        print(f"\nHF OnnxExporter.export_for_generation (fresh process): {r['seconds']:.1f} s in all "
+              f"(export {r['export_s']:.1f} s, save {r['save_s']:.1f} s), peak RSS {r['max_rss_gib']:.2f} GiB "
+              f"({r['peak_rss_over_weights']:.2f} x fp32 weights)", flush=True)
+    else:
+        print(f"\nHF OnnxExporter FAILED (exit {r['returncode']}):\n{r['stderr_tail']}", flush=True)
+    return r
+
+
+def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quick: bool, reps_arg) -> dict:
+    import transformers
+
+    from export.onnx_runtime import OnnxModel
+
+    result = {"creation": {}}
+    with Creation() as c:
+        hf = transformers.JetMoeForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    result["creation"]["hf_eager_from_pretrained"] = c.result
+    result["hf_attn_implementation"] = hf.config._attn_implementation
+    with Creation() as c:
+        ours = OnnxModel(ours_path, threads=THREADS)
+    result["creation"]["ours"] = c.result
+    hf_onnx = None
+    if hf_dir is not None:
+        hf_onnx = HfOnnx(hf_dir)
+        result["creation"].update({f"hf_onnx_{k}": v for k, v in hf_onnx.creation.items()})
+        result["hf_onnx_io"] = hf_onnx.io()
+    print("\nloading (this process): " + ", ".join(
+        f"{k} {v['seconds']:.1f} s RSS +{v['rss_growth_gib']:.2f} GiB (peak +{v['peak_growth_gib'] or 0:.2f})"
+        for k, v in result["creation"].items()), flush=True)
+
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(config.vocab_size, (1, S), generator=gen)
+    step = torch.randint(config.vocab_size, (1, 1), generator=gen)
+    prompt_pos = torch.arange(S)[None]
+    step_pos = torch.tensor([[P]])
+    mask_prefill = torch.ones(1, S, dtype=torch.long)
+    mask_decode = torch.ones(1, P + 1, dtype=torch.long)
+
+    cases = {}
+    with torch.inference_mode():
+        # prefill: each side builds a fresh cache, as generation does
+        cases["prefill"] = (
+            {"ours": lambda: ours(prompt, mask_prefill, prompt_pos, None)[0],
+             "hf": lambda: hf(prompt, use_cache=True).logits[:, -1],
+             **({"hf_onnx": lambda: hf_onnx.prefill(prompt, prompt_pos)[0]} if hf_onnx else {})},
+            {})
+        # decode: one token on the same P-token prefix each time; ORT presents are new OrtValues (the prefix is
+        # untouched); HF's DynamicCache grows in place, so crop(-1) (untimed) drops the step's token again
+        _, ours_prefix = ours(prompt, mask_prefill, prompt_pos, None)
+        hf_cache = hf(prompt, use_cache=True).cache
+        assert hf_cache.get_seq_length() == P
+        decode_fns = {"ours": lambda: ours(step, mask_decode, step_pos, ours_prefix)[0],
+                      "hf": lambda: hf(step, cache=hf_cache, use_cache=True).logits[:, -1]}
+        if hf_onnx:
+            _, hf_onnx_prefix = hf_onnx.prefill(prompt, prompt_pos)
+            decode_fns["hf_onnx"] = lambda: hf_onnx.decode(step, step_pos, hf_onnx_prefix)[0]
+        cases["decode"] = (decode_fns, {"hf": lambda: hf_cache.crop(-1)})
+
+        rows = []
+        for case in ("decode", "prefill"):
+            fns, after = cases[case]
+            outs = {}
+            for name, fn in fns.items():
+                outs[name] = fn().float()
+                after.get(name, lambda: None)()
+            diffs = {name: float((out - outs["hf"]).abs().max()) for name, out in outs.items() if name != "hf"}
+            scale = float(outs["hf"].abs().max())
+            for name, d in diffs.items():
+                if not d < PARITY_TOL:
+                    raise SystemExit(f"{case}: logit mismatch {name} vs HF eager: {d:.3g} >= {PARITY_TOL}")
+            reps = reps_arg or (5 if quick else DEFAULT_REPS[case])
+            warmup = 1 if quick else max(2, reps // 10)
+            times = time_alternating(fns, after, reps, warmup)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            row = {"case": case, "reps": reps, "warmup": warmup, "max_abs_logit": scale,
+                   "max_abs_logit_diff_vs_hf_eager": diffs,
+                   "median_ms": {k: 1e3 * v for k, v in med.items()},
+                   "min_ms": {k: 1e3 * min(v) for k, v in times.items()},
+                   "ratio_ours_over": {k: med["ours"] / v for k, v in med.items() if k != "ours"},
+                   "paired_ratio_median_ours_over": {
+                       k: statistics.median(o / x for o, x in zip(times["ours"], times[k]))
+                       for k in times if k != "ours"}}
+            rows.append(row)
+            print(f"  {case:8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in row["median_ms"].items()) + "  | ours/"
+                  + "  ours/".join(f"{k} {v:.3f}" for k, v in row["ratio_ours_over"].items())
+                  + f"  (diff {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())}; |logit| max {scale:.1f}; "
+                  f"{reps} reps)", flush=True)
+        result["cases"] = rows
+    result["rss_in_timing_process_gib"] = proc_status()["VmRSS"] / GiB
+    del ours, hf, hf_onnx, cases, decode_fns
+    gc.collect()
+    return result
+
+
+def summarize_profile(path: Path, runs: int) -> dict:
+    events = json.loads(Path(path).read_text())
+    by_op, by_node, total = {}, {}, 0.0
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        dur = e["dur"] / 1e3 / runs  # ms per run
+        op = e.get("args", {}).get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + dur
+        name = e["name"][: -len("_kernel_time")]
+        by_node[name] = (op, by_node.get(name, (op, 0.0))[1] + dur)
+        total += dur
+    top_ops = sorted(by_op.items(), key=lambda kv: -kv[1])[:12]
+    top_nodes = sorted(by_node.items(), key=lambda kv: -kv[1][1])[:12]
+    return {"kernel_ms_per_step": total,
+            "by_op_type_ms": [{"op": k, "ms": v, "share": v / total} for k, v in top_ops],
+            "top_nodes_ms": [{"node": k, "op": op, "ms": v} for k, (op, v) in top_nodes]}
+
+
+def phase_profile(work: Path, ckpt_config, ours_path: Path, hf_dir: Path | None, steps: int) -> dict:
+    """ORT profiler on the decode step (P cached tokens): each model alone, its sessions freed afterwards."""
+    import onnxruntime as ort
+
+    from export.onnx_runtime import OnnxModel
+
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(ckpt_config.vocab_size, (1, S), generator=gen)
+    step = torch.randint(ckpt_config.vocab_size, (1, 1), generator=gen)
+    prompt_pos, step_pos = torch.arange(S)[None], torch.tensor([[P]])
+    out = {}
+
+    # ours: OnnxModel with a profiling session swapped in (same options otherwise)
+    ours = OnnxModel(ours_path, threads=THREADS)
+    _, prefix = ours(prompt, torch.ones(1, S, dtype=torch.long), prompt_pos, None)
+    ours.session = ort_session(ours_path, str(work / "profile_ours"))
+    mask = torch.ones(1, P + 1, dtype=torch.long)
+    for _ in range(3):
+        ours(step, mask, step_pos, prefix)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        ours(step, mask, step_pos, prefix)
+    wall = (time.perf_counter() - t0) / steps
+    path = ours.session.end_profiling()
+    out["ours"] = {"wall_ms_per_step_profiled": 1e3 * wall, **summarize_profile_runs(path, 0, steps + 3)}
+    del ours, prefix
+    gc.collect()
+
+    if hf_dir is not None:
+        hf_onnx = HfOnnx(hf_dir, profile_prefix=str(work / "profile_hf_onnx"))
+        # prefix through decode.onnx on an empty cache (multi-token decode) so that prefill.onnx need not load
+        empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, ckpt_config.num_key_value_heads, 0,
+                                                           ckpt_config.kv_channels), np.float32))
+        _, prefix = hf_onnx.decode(prompt, prompt_pos, [empty] * len(hf_onnx.cache_in))
+        for _ in range(2):
+            hf_onnx.decode(step, step_pos, prefix)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            hf_onnx.decode(step, step_pos, prefix)
+        wall = (time.perf_counter() - t0) / steps
+        path = hf_onnx.decode_session.end_profiling()
+        # the profile also holds the S-token prefix run: drop it by counting only 1-token runs
+        out["hf_onnx"] = {"wall_ms_per_step_profiled": 1e3 * wall,
+                          **summarize_profile_runs(path, skip_first=1, runs=steps + 2)}
+        del hf_onnx, prefix
+        gc.collect()
+    return out
+
+
+def summarize_profile_runs(path: Path, skip_first: int, runs: int) -> dict:
+    """Like summarize_profile, dropping the first `skip_first` model runs of the trace."""
+    events = json.loads(Path(path).read_text())
+    run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(run_starts) > skip_first:
+        cut = run_starts[skip_first]
+        events = [e for e in events if e.get("ts", 0) >= cut or e.get("cat") != "Node"]
+    tmp = Path(path).with_suffix(".trimmed.json")
+    tmp.write_text(json.dumps(events))
+    return summarize_profile(tmp, runs)
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny preset, few reps")
+    parser.add_argument("--reps", type=int, help="timed repetitions per case (default: 40 decode, 10 prefill)")
+    parser.add_argument("--profile", action="store_true", help="also profile the decode step of both ONNX models")
+    parser.add_argument("--profile-steps", type=int, default=20)
+    parser.add_argument("--workdir", type=Path, help="folder for the checkpoint and exports (default: a temp "
+                        "folder, removed at the end); an existing checkpoint/ and hf_onnx/ in it are reused")
+    parser.add_argument("--keep", action="store_true", help="keep the temp work folder")
+    parser.add_argument("--skip-hf-onnx", action="store_true", help="leave HF's ONNX exporter out")
+    parser.add_argument("--out", type=Path, help=f"JSON results path (default: {OUT_JSON.relative_to(ROOT)}; "
+                        "--quick writes none unless given)")
+    args = parser.parse_args()
+
+    torch.set_num_threads(THREADS)
+    config_name = "tiny" if args.quick else "8b-widths-2l"
+    config = make_config(config_name)
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_onnx_"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"config {config_name}, work folder {work}", flush=True)
+    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join(["python", *sys.argv]), **versions(), "cpu": cpu_model(),
+              "cpu_count": os.cpu_count(), "threads": THREADS, "batch": 1, "dtype_latency": "float32",
+              "prefill_tokens": S, "decode_cached_tokens": P, "config": config_name,
+              "config_fields": config.to_dict(), "git": git_state(), "loadavg_1_5_15_before": load_before}
+    try:
+        ckpt = work / "checkpoint"
+        if not (ckpt / "config.json").is_file():
+            code = ("import sys; sys.path.insert(0, %r); from benchmarks.bench_onnx import _write_checkpoint; "
+                    "_write_checkpoint(%r, %r)" % (str(ROOT), str(ckpt), config_name))
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+            print(f"wrote random checkpoint in {time.perf_counter() - t0:.1f} s", flush=True)
+        numel = checkpoint_numel(ckpt)
+        report["params"] = numel
+
+        report["export"] = phase_export(work, ckpt, ["fp32", "bf16"], numel)
+        if report["export"]["fp32"]["returncode"]:
+            raise SystemExit("our fp32 export failed; nothing to time")
+        hf_dir = None
+        if not args.skip_hf_onnx:
+            if (work / "hf_onnx" / "decode.onnx").is_file():
+                print("\nreusing HF export in", work / "hf_onnx")
+                report["hf_export"] = {"reused": str(work / "hf_onnx")}
+                hf_dir = work / "hf_onnx"
+            else:
+                report["hf_export"] = phase_hf_export(work, ckpt, numel)
+                hf_dir = work / "hf_onnx" if report["hf_export"]["returncode"] == 0 else None
+        shutil.rmtree(work / "ours_bf16", ignore_errors=True)  # disk: only fp32 is timed
+
+        print(f"\n(b) latency, batch 1, fp32, {THREADS} threads, S=P={S}, alternating", flush=True)
+        report["load_avg_before_timing"] = os.getloadavg()
+        report["latency"] = phase_latency(ckpt, work / "ours_fp32" / "model.onnx", hf_dir, config, args.quick,
+                                          args.reps)
+        report["load_avg_after_timing"] = os.getloadavg()
+        if args.profile:
+            print(f"\n(c) ORT profiler, decode step, {args.profile_steps} steps", flush=True)
+            report["profile"] = phase_profile(work, config, work / "ours_fp32" / "model.onnx", hf_dir,
+                                              args.profile_steps)
+            for name, prof in report["profile"].items():
+                print(f"  {name}: {prof['wall_ms_per_step_profiled']:.2f} ms/step wall (profiled), "
+                      f"{prof['kernel_ms_per_step']:.2f} ms in kernels")
+                for op in prof["by_op_type_ms"][:8]:
+                    print(f"    {op['op']:22s} {op['ms']:8.2f} ms  {100 * op['share']:5.1f} %")
+    finally:
+        if args.workdir is None and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report["loadavg_1_5_15_after"] = os.getloadavg()
+    report["total_s"] = time.perf_counter() - started
+
+    # ---- tables
+    ex = report["export"]
+    print(f"\nexport (fresh process, /usr/bin/time -v), {config_name}, {numel / 1e6:.1f} M params; import-only "
+          f"process peak {ex['import_baseline']['max_rss_gib']:.2f} GiB")
+    print(f"{'dtype':8s}{'time s':>8s}{'peak RSS GiB':>14s}{'weights GiB':>13s}{'ratio':>7s}{'target':>8s}")
+    for dtype in ("fp32", "bf16"):
+        r = ex[dtype]
+        if r["returncode"] == 0:
+            print(f"{dtype:8s}{r['seconds']:8.1f}{r['max_rss_gib']:14.2f}{r['weight_bytes'] / GiB:13.2f}"
+                  f"{r['peak_rss_over_weights']:7.2f}{'<= 1.5':>8s} {'met' if r['meets_target'] else 'NOT met'}")
+    lat = report["latency"]
+    print(f"\nlatency medians (ms), batch 1, fp32, {THREADS} threads, HF attn {lat['hf_attn_implementation']}")
+    print(f"{'case':9s}{'ours ORT':>10s}{'HF eager':>10s}{'HF ORT':>10s}{'ours/HF eager':>15s}{'ours/HF ORT':>13s}")
+    for row in lat["cases"]:
+        m, r = row["median_ms"], row["ratio_ours_over"]
+        print(f"{row['case']:9s}{m['ours']:10.2f}{m['hf']:10.2f}{m.get('hf_onnx', float('nan')):10.2f}"
+              f"{r['hf']:15.3f}{r.get('hf_onnx', float('nan')):13.3f}")
+
+    out = args.out or (None if args.quick else OUT_JSON)
+    if out is None:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
