@@ -1,1 +1,2 @@
-"""torch -> ONNX export with the expert dispatch as custom `jetmoe` nodes (see docs/ops.md). Not built yet."""
+"""torch -> ONNX: the expert dispatch as custom `jetmoe` nodes with local-function bodies (docs/ops.md),
+the TensorRT-compatibility lint, and the ONNX Runtime runner."""

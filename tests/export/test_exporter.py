@@ -123,8 +123,10 @@ def test_validation_outputs(exported, tiny_checkpoint):
         ref = eager(ids, output_router_logits=True, output_hidden_states=True, use_cache=False)
     for name, value in zip(onnx_model.names.router_logits, ref.router_logits):
         assert out[name].dtype == np.float32 and np.abs(out[name] - value.numpy()).max() < FP32_TOL
-    for name, value in zip(onnx_model.names.hidden_states, ref.hidden_states):
+    for name, value in zip(onnx_model.names.hidden_states + onnx_model.names.moa_hidden_states,
+                           ref.hidden_states + ref.moa_hidden_states):
         assert np.abs(out[name] - value.numpy()).max() < FP32_TOL
+    assert len(ref.moa_hidden_states) == config.num_hidden_layers
 
 
 def test_fp16_runs_in_onnx_runtime(exported, tiny_checkpoint):
