@@ -1,1 +1,1 @@
-"""TensorRT engines: plugins for the `jetmoe` ops (Triton kernels), engine build, runtime. Not built yet."""
+"""TensorRT deployment: Triton kernels for the `jetmoe` ops (engines/kernels), plugins, engine build, runtime."""

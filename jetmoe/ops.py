@@ -135,3 +135,13 @@ def expert_reduce_reference(h: Tensor, expert_idx: Tensor, gates: Tensor, weight
         for j in range(K):
             y[t] += gates[t, j] * F.linear(h[t, j], weight[int(expert_idx[t, j])])
     return y + bias
+
+
+def _use_gpu_kernels() -> None:
+    """On a CUDA machine with triton, the Triton kernels (engines/kernels) become these ops' CUDA implementations;
+    everywhere else the eager implementations above serve every device."""
+    if torch.cuda.is_available():
+        import engines.kernels  # noqa: F401  (registers them on import)
+
+
+_use_gpu_kernels()

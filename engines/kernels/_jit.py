@@ -178,7 +178,7 @@ def _expert_reduce_sum_kernel(
     col_ok = cols < D
     acc = tl.load(bias_ptr + cols * stride_b, mask=col_ok, other=0.0).to(tl.float32)
     total = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for j in range(0, top_k):
+    for j in range(top_k):
         total += tl.load(gated_ptr + (token * top_k + j) * stride_gr + cols * stride_gd, mask=col_ok, other=0.0)
     acc = total + acc
     tl.store(y_ptr + token * stride_yt + cols * stride_yd, acc.to(y_ptr.dtype.element_ty), mask=col_ok)

@@ -118,18 +118,18 @@ def entry_points(ptx: str) -> list[str]:
 
 def entry_params(ptx: str, name: str) -> int:
     """How many parameters the PTX entry `name` declares (the kernel's runtime arguments + 2 scratch pointers)."""
-    match = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\((.*?)\)", ptx, re.S)
+    match = re.search(r"\.entry\s+" + re.escape(name) + r"\s*\((.*?)\)", ptx, re.DOTALL)
     return match.group(1).count(".param") if match else 0
 
 
 def compile_all(dtype: str = "bfloat16", *, T: int = 1, E: int = 8, arch: int = 90, index_dtype: str = "int32",
                 aligned_widths: bool = False, device_name: str | None = None) -> dict[str, AotKernel]:
     """Every kernel at the launch configuration `get_config` picks for T tokens: op name -> AotKernel."""
+    import torch
+
     from engines.kernels import _jit
     from engines.kernels.dispatch import _INPUT_PRECISION, _next_pow2
     from engines.kernels.launch_config import get_config
-
-    import torch
 
     precision = _INPUT_PRECISION[getattr(torch, {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
                                          .get(dtype, dtype))]

@@ -45,7 +45,7 @@ def aligned_length(num_rows: int, num_experts: int, block_m: int) -> int:
     return num_rows + num_experts * (block_m - 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _device_name(device: torch.device) -> str | None:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 

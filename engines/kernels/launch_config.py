@@ -35,7 +35,7 @@ def device_file_name(device_name: str) -> str:
     return device_name.strip().replace(" ", "_") + ".json"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

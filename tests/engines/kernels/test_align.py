@@ -10,7 +10,7 @@ from kernel_cases import routing
 from jetmoe.errors import InputError
 
 need_triton()
-from engines.kernels import align_by_expert, align_by_expert_reference  # noqa: E402
+from engines.kernels import align_by_expert, align_by_expert_reference
 
 # (T, E, K, pattern, BLOCK_M)
 CASES = [

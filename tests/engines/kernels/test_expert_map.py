@@ -10,7 +10,7 @@ from kernel_cases import SMALL_TILES, TILES, TOL, make_inputs
 from jetmoe import InputError, ops
 
 need_triton()
-from engines.kernels import expert_map  # noqa: E402
+from engines.kernels import expert_map
 
 # (T, D, N, E, K): 1 token, odd widths, K = 1 and 2 (and 3), more tokens than one M block
 CASES = [

@@ -10,7 +10,7 @@ from kernel_cases import SMALL_TILES, SUM_TILES, TILES, TOL, make_inputs
 from jetmoe import InputError, ops
 
 need_triton()
-from engines.kernels import expert_reduce  # noqa: E402
+from engines.kernels import expert_reduce
 
 CASES = [
     ((1, 13, 5, 4, 2), "random"),
