@@ -7,6 +7,7 @@ import torch
 
 from jetmoe import JetMoeConfig, JetMoeForCausalLM, JetMoeForSequenceClassification, KVCache
 from jetmoe.random_weights import init_random_
+from tests import known_bugs
 from tests.conftest import CONFIGS, make_model
 
 FP32_TOL = 1e-5
@@ -205,8 +206,6 @@ def test_half_precision_matches_hf(config, dtype, tmp_path, transformers):
 @pytest.mark.parametrize("bug", ["block_eps", "rope_theta", "kv_interleaved", "swiglu_swapped"])
 def test_parity_checks_catch_known_bugs(bug, tmp_path, transformers, monkeypatch):
     """Each bug that silently breaks JetMoe parity moves the logits well past the fp32 tolerance here."""
-    import jetmoe.model as m
-
     config = CONFIGS["tiny"]
     ours = make_model(config)
     ours.save_pretrained(tmp_path)
@@ -217,32 +216,11 @@ def test_parity_checks_catch_known_bugs(bug, tmp_path, transformers, monkeypatch
     elif bug == "rope_theta":
         ours.config = ours.model.config = config.replace(rope_theta=20000.0)
     elif bug == "kv_interleaved":
-        # query head h using kv head h // K (repeat_interleave) instead of h % H_kv (tiling)
-        real = m.apply_rope
-
-        def interleave(x, cos, sin):
-            out = real(x, cos, sin)
-            if out.dim() == 5:  # queries [B, S, K, H_kv, Dh]
-                B, S, K, H, Dh = out.shape
-                out = out.reshape(B, S, K * H, Dh).view(B, S, H, K, Dh).transpose(2, 3).reshape(B, S, K, H, Dh)
-            return out
-        monkeypatch.setattr(m, "apply_rope", interleave)
+        known_bugs.kv_interleaved(monkeypatch)
     elif bug == "swiglu_swapped":
-        monkeypatch.setattr(m.MixtureOfExperts, "forward", _swapped_swiglu_forward)
+        known_bugs.swiglu_halves_swapped(monkeypatch)
     ids = torch.randint(0, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         diff = max_diff(ours(ids).logits, hf(ids).logits)
     print(bug, "max |diff|", diff)
     assert diff > 100 * FP32_TOL
-
-
-def _swapped_swiglu_forward(self, x):
-    from jetmoe import ops
-
-    B, S, D = x.shape
-    I = self.intermediate_size
-    flat = x.reshape(B * S, D)
-    gates, idx, logits = self.router(flat)
-    h = ops.expert_map(flat, idx, self.input_linear.weight)
-    h = torch.nn.functional.silu(h[..., I:]) * h[..., :I]  # the bug: activation on the second half
-    return ops.expert_reduce(h, idx, gates, self.output_linear.weight, self.bias).view(B, S, D), logits

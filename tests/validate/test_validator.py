@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
-import jetmoe.model as model_module
 from export.exporter import DATA_NAME, export_checkpoint
 from jetmoe import CheckpointError, InputError
 from jetmoe.cli import main
+from tests import known_bugs
 from validate.metrics import Divergence
 from validate.validator import validate_export
 
@@ -57,36 +56,11 @@ def _export_with(monkeypatch, tiny_checkpoint, tmp_path, patch):
         return export_checkpoint(tiny_checkpoint[0], tmp_path / "broken", validation_outputs=True, progress=False)
 
 
-def _swapped_swiglu(self, x):
-    from jetmoe import ops
-
-    B, S, D = x.shape
-    I = self.intermediate_size
-    flat = x.reshape(B * S, D)
-    gates, idx, logits = self.router(flat)
-    h = ops.expert_map(flat, idx, self.input_linear.weight)
-    h = torch.nn.functional.silu(h[..., I:]) * h[..., :I]  # the bug: the second half activated
-    return ops.expert_reduce(h, idx, gates, self.output_linear.weight, self.bias).view(B, S, D), logits
-
-
-def _interleaved_kv(m):
-    real = model_module.apply_rope
-
-    def rope(x, cos, sin):  # query head h reads kv head h // K instead of h % H_kv
-        out = real(x, cos, sin)
-        if out.dim() == 5:
-            B, S, K, H, Dh = out.shape
-            out = out.reshape(B, S, K * H, Dh).view(B, S, H, K, Dh).transpose(2, 3).reshape(B, S, K, H, Dh)
-        return out
-    m.setattr(model_module, "apply_rope", rope)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("bug, patch, where", [
-    ("block norms with the config eps", lambda m: m.setattr(model_module, "BLOCK_NORM_EPS", 1e-5), (0, "moa")),
-    ("SwiGLU halves swapped", lambda m: m.setattr(model_module.MixtureOfExperts, "forward", _swapped_swiglu),
-     (0, "moe")),
-    ("K/V interleaved instead of tiled", _interleaved_kv, (0, "moa")),
+    ("block norms with the config eps", known_bugs.block_norms_with_config_eps, (0, "moa")),
+    ("SwiGLU halves swapped", known_bugs.swiglu_halves_swapped, (0, "moe")),
+    ("K/V interleaved instead of tiled", known_bugs.kv_interleaved, (0, "moa")),
 ])
 def test_broken_exports_fail_and_name_the_sub_block(bug, patch, where, monkeypatch, tiny_checkpoint, tmp_path):
     broken = _export_with(monkeypatch, tiny_checkpoint, tmp_path, patch)
