@@ -1,7 +1,7 @@
 """`jetmoe`: one console command, one subcommand per stage. Each subcommand calls a typed function.
 
 Exit codes: 0 success, 1 a `JetMoeError` (bad input, bad checkpoint: a one-line message, no traceback),
-2 a usage error.
+2 a usage error, or TensorRT / a CUDA GPU missing for `build` or an engine (a one-line message).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from engines.errors import TensorRTUnavailable
 from jetmoe.errors import InputError, JetMoeError
 
 
@@ -40,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model", type=Path, help="model.onnx")
     p.set_defaults(run=_lint)
 
-    p = sub.add_parser("generate", help="generate token ids: eager (checkpoint folder) or ONNX Runtime (model.onnx)")
-    p.add_argument("model", type=Path, help="HF-format checkpoint folder, or an exported model.onnx")
+    from engines.commands import add_build_parser
+
+    add_build_parser(sub)
+
+    p = sub.add_parser("generate", help="generate token ids: eager (checkpoint folder), ONNX Runtime (model.onnx) "
+                                        "or TensorRT (model.engine)")
+    p.add_argument("model", type=Path, help="HF-format checkpoint folder, an exported model.onnx, or a built "
+                                            "model.engine")
     p.add_argument("--provider", default="cpu", help="ONNX Runtime provider for model.onnx: cpu or cuda")
     p.add_argument("--prompt-ids", action="append", default=[], metavar="IDS",
                    help="comma-separated token ids; repeat for a batch")
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="prefill and decode latency of eager, HF eager, ONNX Runtime (and TensorRT)")
     p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
     p.add_argument("--onnx", type=Path, help="exported model.onnx of the same checkpoint")
+    p.add_argument("--engine", type=Path, help="TensorRT engine built from that export")
     p.add_argument("--batch", type=int, action="append", default=None, help="batch size; repeat for several")
     p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
     p.add_argument("--context", type=int, default=128, help="cached tokens for a decode step (default 128)")
@@ -95,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
+    except TensorRTUnavailable as e:
+        print(f"jetmoe {args.command}: unavailable here: {e}", file=sys.stderr)
+        return 2
     except JetMoeError as e:
         print(f"jetmoe {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -138,7 +149,7 @@ class LintFailed(JetMoeError):
 def _generate(args: argparse.Namespace) -> None:
     if not args.prompt_ids and not args.prompt:
         raise InputError("give at least one --prompt-ids or --prompt")
-    folder = args.model.parent if args.model.suffix == ".onnx" else args.model
+    folder = args.model.parent if args.model.suffix in (".onnx", ".engine") else args.model
     tokenizer = _tokenizer(folder) if args.prompt else None
     prompts = [parse_token_ids(text) for text in args.prompt_ids]
     prompts += [tokenizer.encode(text).ids for text in args.prompt] if tokenizer else []
@@ -149,6 +160,10 @@ def _generate(args: argparse.Namespace) -> None:
         if args.provider not in providers:
             raise InputError(f"--provider {args.provider!r} is not one of {sorted(providers)}")
         model = OnnxModel(args.model, providers=providers[args.provider])
+    elif args.model.suffix == ".engine":
+        from engines.commands import engine_model
+
+        model = engine_model(args.model)
     else:
         from jetmoe.model import JetMoeForCausalLM
 
@@ -191,7 +206,7 @@ class ValidationFailed(JetMoeError):
 def _bench(args: argparse.Namespace) -> None:
     from validate.bench import bench
 
-    report = bench(args.checkpoint, args.onnx, batches=tuple(args.batch or [1]), prompt_tokens=args.prompt_tokens,
+    report = bench(args.checkpoint, args.onnx, args.engine, batches=tuple(args.batch or [1]), prompt_tokens=args.prompt_tokens,
                    context=args.context, reps=args.reps, hf=not args.no_hf, threads=args.threads)
     print(report.table())
     if args.json:

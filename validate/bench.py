@@ -74,7 +74,8 @@ class BenchReport:
         fig.savefig(path)
 
 
-def bench(checkpoint: str | os.PathLike, onnx: str | os.PathLike | None = None, *, batches: tuple[int, ...] = (1,),
+def bench(checkpoint: str | os.PathLike, onnx: str | os.PathLike | None = None,
+          engine: str | os.PathLike | None = None, *, batches: tuple[int, ...] = (1,),
           prompt_tokens: int = 128, context: int = 128, reps: int = 10, warmup: int = 2, hf: bool = True,
           threads: int | None = None, progress: bool = True) -> BenchReport:
     checkpoint = Path(checkpoint)
@@ -86,7 +87,7 @@ def bench(checkpoint: str | os.PathLike, onnx: str | os.PathLike | None = None, 
                          f"max_position_embeddings={config.max_position_embeddings}")
     if threads:
         torch.set_num_threads(threads)
-    backends, unavailable = _backends(checkpoint, onnx, hf, threads)
+    backends, unavailable = _backends(checkpoint, onnx, engine, hf, threads)
     timings = []
     for batch in batches:
         for case, tokens in (("prefill", prompt_tokens), ("decode", context)):
@@ -117,7 +118,7 @@ def _alternate(runs: dict[str, Callable[[], None]], reps: int, warmup: int) -> d
 # ---- backends: each makes a timed callable for (case, batch, tokens) --------------------------------------
 
 
-def _backends(checkpoint: Path, onnx, hf: bool, threads: int | None):
+def _backends(checkpoint: Path, onnx, engine, hf: bool, threads: int | None):
     backends: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
     model = JetMoeForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
@@ -135,15 +136,21 @@ def _backends(checkpoint: Path, onnx, hf: bool, threads: int | None):
             from export.onnx_runtime import OnnxModel
 
             onnx_model = OnnxModel(onnx, threads=threads)
-            backends["onnxruntime"] = lambda case, b, n, config: _ort_run(onnx_model, case, b, n, config)
+            backends["onnxruntime"] = lambda case, b, n, config: _step_run(onnx_model, case, b, n, config)
         except ImportError:
             unavailable["onnxruntime"] = "onnxruntime is not installed"
-    try:
-        import tensorrt  # noqa: F401
+    if engine is None:
+        unavailable["tensorrt"] = "no engine given (--engine)"
+    else:
+        from engines.errors import TensorRTUnavailable
 
-        unavailable["tensorrt"] = "the TensorRT engine runtime (engines/runtime.py) is not built yet"
-    except ImportError:
-        unavailable["tensorrt"] = "TensorRT is not installed"
+        try:
+            from engines.runtime import JetMoeEngine
+
+            trt_engine = JetMoeEngine(engine)
+            backends["tensorrt"] = lambda case, b, n, config: _step_run(trt_engine.step, case, b, n, config)
+        except TensorRTUnavailable as e:
+            unavailable["tensorrt"] = str(e)
     return backends, unavailable
 
 
@@ -177,14 +184,16 @@ def _torch_run(model, case: str, batch: int, tokens: int, config: JetMoeConfig, 
     return run
 
 
-def _ort_run(onnx_model, case: str, batch: int, tokens: int, config: JetMoeConfig) -> Callable[[], None]:
+def _step_run(step, case: str, batch: int, tokens: int, config: JetMoeConfig) -> Callable[[], None]:
+    """A generation Step (ONNX Runtime's OnnxModel, TensorRT's JetMoeEngine): prefill, or one decode step on a
+    cache made once from the same prefix."""
     ids = _ids(batch, tokens, config)
     mask = torch.ones_like(ids)
     positions = torch.arange(tokens).expand(batch, tokens)
     if case == "prefill":
-        return lambda: onnx_model(ids, mask, positions, None)
-    _, past = onnx_model(ids, mask, positions, None)
-    step, mask = _ids(batch, 1, config), torch.ones(batch, tokens + 1, dtype=torch.long)
+        return lambda: step(ids, mask, positions, None)
+    _, past = step(ids, mask, positions, None)
+    token, mask = _ids(batch, 1, config), torch.ones(batch, tokens + 1, dtype=torch.long)
     position = torch.full((batch, 1), tokens)
-    return lambda: onnx_model(step, mask, position, past)
+    return lambda: step(token, mask, position, past)
 

@@ -27,11 +27,13 @@ class TrtRunner(BaseRunner):
             raise RunnerUnavailable("TensorRT is not installed (its builder libraries come from NVIDIA's package "
                                     "index, not PyPI: pip install 'jetmoe-trt[trt]' on a machine that reaches it)"
                                     ) from None
+        from engines.errors import TensorRTUnavailable
+        from engines.runtime import JetMoeEngine
+
         try:
-            from engines.runtime import JetMoeEngine
-        except ImportError:
-            raise RunnerUnavailable("the TensorRT engine runtime (engines/runtime.py) is not built yet") from None
-        self.engine = JetMoeEngine(self.engine_path)
+            self.engine = JetMoeEngine(self.engine_path)
+        except TensorRTUnavailable as e:  # e.g. TensorRT present but no CUDA GPU
+            raise RunnerUnavailable(str(e)) from None
 
     def deactivate_impl(self) -> None:
         self.engine = None

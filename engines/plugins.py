@@ -1,0 +1,270 @@
+"""TensorRT Quickly Deployable Plugins (`tensorrt.plugin`) for the `jetmoe` ops (docs/ops.md).
+
+One plugin per op, `jetmoe::expert_map` and `jetmoe::expert_reduce`, matched by TensorRT's ONNX parser
+(>= 10.15) to the exported nodes through their `plugin_namespace`/`plugin_version` attributes. Each plugin has:
+- `register`: the output descriptor from the input shape expressions (map: [T, K, N], reduce: [T, D]; static,
+  nothing data-dependent), same type as the activations.
+- `autotune`: fp32/fp16/bf16 activations (all float I/O one type), int32 or int64 `expert_idx` (ONNX TopK
+  gives int64; a TensorRT TopK may give int32), LINEAR, tactics = the tile choices of plugin_kernels.TACTICS.
+- `aot_impl`: one Triton kernel compiled to PTX (plugin_kernels.py), grid and int32 extra args as symbolic
+  shape expressions: map grid (max(T*K, 1), cdiv(N, BLOCK_N)), args (T*K, K, N, D); reduce grid
+  (max(T, 1), cdiv(D, BLOCK_D)), args (T, K, N, D). The kernel is embedded in the engine: trtexec and the C++
+  runtime run it without Python.
+- `impl` (JIT): the `jetmoe::` torch ops on torch views of TensorRT's buffers: the grouped-GEMM Triton launchers
+  of engines/kernels where triton is importable, jetmoe.ops' eager implementation otherwise. Needs this module
+  importable (and `register_plugins()` called) in the process that runs the engine.
+
+The multi-kernel problem, honestly: a QDP `aot_impl` returns exactly ONE kernel and gets no workspace. The
+grouped GEMMs of engines/kernels are 2 launches (align + GEMM) for map and 3 (align + GEMM + sum) for reduce,
+with int32 scratch between them, so they cannot be an AOT plugin. The AOT path therefore uses single-launch
+row kernels (one program per (token, slot) row, expert id read in the kernel): exact and right for decode, but
+they re-read expert weights per row, so long prefill is slower than the grouped GEMM (which the JIT path uses).
+Not done: splitting each op in the graph into align/GEMM/sum plugins (would need new ONNX nodes and a fixed
+BLOCK_M per engine), and a single-launch grouped GEMM (needs in-kernel alignment or a persistent kernel).
+
+Attributes: the ops have none (every size comes from the input shapes), and `PLUGINS[...].attributes` is the
+one place that says so; the functions below take exactly inputs + attributes, checked at registration. Keep it
+that way: TensorRT 11.4's `aot_impl` receives ALL registered attributes, in registration order.
+
+Importing this module needs neither TensorRT nor triton; `register_plugins()` imports `tensorrt.plugin`.
+"""
+
+import dataclasses
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
+
+from export import schema
+from jetmoe.errors import JetMoeError
+
+PLUGIN_VERSION = "1"  # QDPs are always version "1"; the ONNX nodes carry plugin_version="1" to match
+ROUTING_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # read by the parser, never plugin fields
+FLOAT_TYPES = ("FP32", "FP16", "BF16")
+INDEX_TYPES = ("INT32", "INT64")
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginSpec:
+    """Plain-Python description of a plugin; the registration code below is built from it."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attributes: tuple[tuple[str, type, Any], ...] = ()  # (name, type, default), in registration order
+    namespace: str = schema.PLUGIN_NAMESPACE
+    version: str = PLUGIN_VERSION
+
+    @property
+    def plugin_id(self) -> str:
+        return f"{self.namespace}::{self.name}"
+
+    @property
+    def attribute_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.attributes)
+
+    def parameters(self, kind: str) -> tuple[str, ...]:
+        """The parameter names QDP requires of each decorated function (every attribute, everywhere)."""
+        tail = {"register": (), "autotune": ("outputs",), "aot_impl": ("outputs", "tactic"),
+                "impl": ("outputs", "stream", "tactic")}[kind]
+        return self.inputs + self.attribute_names + tail
+
+
+PLUGINS = {name: PluginSpec(op.name, op.inputs, op.outputs) for name, op in schema.OPS.items()}
+
+
+def plugin_versions() -> dict[str, str]:
+    return {spec.plugin_id: spec.version for spec in PLUGINS.values()}
+
+
+class PluginError(JetMoeError):
+    """A plugin definition does not match its description (a bug in this module), or TensorRT lacks QDP AOT."""
+
+
+_registered = False
+
+
+def register_plugins() -> None:
+    """Register both plugins with TensorRT's plugin registry (idempotent). Call before parsing or deserialising."""
+    global _registered
+    if _registered:
+        return
+    from engines.errors import import_tensorrt
+
+    trt = import_tensorrt()
+    try:
+        import tensorrt.plugin as trtp
+    except ImportError:
+        raise PluginError(f"TensorRT {trt.__version__} has no tensorrt.plugin (Quickly Deployable Plugins need "
+                          f">= 10.6; AOT ones >= 10.9)") from None
+    if not hasattr(trtp, "KernelLaunchParams"):
+        raise PluginError("this TensorRT has no ahead-of-time Quickly Deployable Plugins (needs TensorRT >= 10.9)")
+    functions = define(trtp)
+    for name, spec in PLUGINS.items():
+        fns = functions[name]
+        check_signatures(spec, fns)
+        if spec.plugin_id in getattr(getattr(trtp, "_lib", None), "QDP_REGISTRY", {}):  # an earlier import did it
+            continue
+        trtp.register(spec.plugin_id)(fns["register"])
+        trtp.autotune(spec.plugin_id)(fns["autotune"])
+        trtp.aot_impl(spec.plugin_id)(fns["aot_impl"])
+        trtp.impl(spec.plugin_id)(fns["impl"])
+    _registered = True
+
+
+def check_signatures(spec: PluginSpec, fns: dict[str, Callable]) -> None:
+    for kind, fn in fns.items():
+        got = tuple(inspect.signature(fn).parameters)
+        if got != spec.parameters(kind):
+            raise PluginError(f"{spec.plugin_id} {kind} takes {got}, but its description says "
+                              f"{spec.parameters(kind)}")
+
+
+# ---- the plugin functions -----------------------------------------------------------------------------------
+# Built by `define(trtp)` so that their annotations (which QDP inspects) are real `tensorrt.plugin` classes
+# without importing TensorRT at module import; tests call `define` with a stand-in namespace.
+
+
+def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, Callable]]:
+    """name -> {register, autotune, aot_impl, impl} for both plugins, annotated with `trtp`'s classes.
+
+    `compile_kernel(op, activation_desc, index_desc, tactic) -> (AotKernel, Tiles)`: default `compiled` below
+    (PTX for the current GPU's compute capability); tests pass a stand-in."""
+    from engines import plugin_kernels
+
+    TensorDesc, Tensor = trtp.TensorDesc, trtp.Tensor
+    AotReturn = tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]
+
+    def combinations(num_float_before_idx: int, num_float_after_idx: int) -> list:
+        tactics = sorted(plugin_kernels.TACTICS)
+        floats = "|".join(FLOAT_TYPES)
+        out = []
+        for index_type in INDEX_TYPES:
+            io = [floats] * num_float_before_idx + [index_type] + [floats] * num_float_after_idx
+            out.append(trtp.AutoTuneCombination(", ".join(io), "LINEAR", tactics))
+        return out
+
+    def compiled(op: str, desc, index_desc, tactic: int):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PluginError("compiling the AOT kernels needs the target GPU's compute capability: no CUDA GPU")
+        major, minor = torch.cuda.get_device_capability()
+        tactic = tactic if tactic in plugin_kernels.TACTICS else plugin_kernels.DEFAULT_TACTIC
+        return plugin_kernels.compile_ptx(op, _dtype_name(desc.dtype), _dtype_name(index_desc.dtype), tactic,
+                                          major * 10 + minor), plugin_kernels.TACTICS[tactic]
+
+    compiled = compile_kernel or compiled
+
+    # expert_map: x [T, D], expert_idx [T, K], weight [E, N, D] -> y [T, K, N]
+
+    def map_register(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc) -> tuple[TensorDesc]:
+        return (trtp.from_shape_expr((x.shape_expr[0], expert_idx.shape_expr[1], weight.shape_expr[1]),
+                                     dtype=x.dtype),)
+
+    def map_autotune(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc,
+                     outputs: tuple[TensorDesc]) -> list[trtp.AutoTuneCombination]:
+        return combinations(1, 2)  # x, expert_idx, weight, y
+
+    def map_aot_impl(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc, outputs: tuple[TensorDesc],
+                     tactic: int) -> AotReturn:
+        kernel, tiles = compiled("expert_map", x, expert_idx, tactic)
+        T, K = expert_idx.shape_expr[0], expert_idx.shape_expr[1]
+        N, D = weight.shape_expr[1], weight.shape_expr[2]
+        params = trtp.KernelLaunchParams()
+        params.grid_x = trtp.max(T * K, 1)
+        params.grid_y = trtp.cdiv(N, tiles.block_n)
+        params.block_x = kernel.num_warps * 32
+        params.shared_mem = kernel.shared_memory
+        args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (T * K, K, N, D)])
+        return kernel.name, kernel.ptx, params, args
+
+    def map_impl(x: Tensor, expert_idx: Tensor, weight: Tensor, outputs: tuple[Tensor], stream: int,
+                 tactic: int) -> None:
+        import torch
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            _run_into(outputs[0], torch_op("expert_map"), x, expert_idx, weight)
+
+    # expert_reduce: h [T, K, N], expert_idx [T, K], gates [T, K], weight [E, D, N], bias [D] -> y [T, D]
+
+    def reduce_register(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
+                        bias: TensorDesc) -> tuple[TensorDesc]:
+        return (trtp.from_shape_expr((h.shape_expr[0], weight.shape_expr[1]), dtype=h.dtype),)
+
+    def reduce_autotune(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
+                        bias: TensorDesc, outputs: tuple[TensorDesc]) -> list[trtp.AutoTuneCombination]:
+        return combinations(1, 4)  # h, expert_idx, gates, weight, bias, y
+
+    def reduce_aot_impl(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
+                        bias: TensorDesc, outputs: tuple[TensorDesc], tactic: int) -> AotReturn:
+        kernel, tiles = compiled("expert_reduce", h, expert_idx, tactic)
+        T, K, N = h.shape_expr[0], h.shape_expr[1], h.shape_expr[2]
+        D = weight.shape_expr[1]
+        params = trtp.KernelLaunchParams()
+        params.grid_x = trtp.max(T, 1)
+        params.grid_y = trtp.cdiv(D, tiles.block_n)
+        params.block_x = kernel.num_warps * 32
+        params.shared_mem = kernel.shared_memory
+        args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (T, K, N, D)])
+        return kernel.name, kernel.ptx, params, args
+
+    def reduce_impl(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, bias: Tensor,
+                    outputs: tuple[Tensor], stream: int, tactic: int) -> None:
+        import torch
+
+        with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
+            _run_into(outputs[0], torch_op("expert_reduce"), h, expert_idx, gates, weight, bias)
+
+    return {
+        "expert_map": {"register": map_register, "autotune": map_autotune, "aot_impl": map_aot_impl,
+                       "impl": map_impl},
+        "expert_reduce": {"register": reduce_register, "autotune": reduce_autotune, "aot_impl": reduce_aot_impl,
+                          "impl": reduce_impl},
+    }
+
+
+def _run_into(output, op: Callable, *inputs) -> None:
+    out = torch_view(output)
+    out.copy_(op(*(torch_view(t) for t in inputs)))
+
+
+def torch_op(name: str) -> Callable:
+    """The `jetmoe::` torch op, with the Triton launchers as its CUDA kernels where triton is importable."""
+    import torch
+
+    import jetmoe.ops  # noqa: F401  (defines the ops)
+    from engines.kernels import register_cuda_kernels
+
+    register_cuda_kernels()
+    return getattr(torch.ops.jetmoe, name)
+
+
+def _dtype_name(trt_dtype) -> str:
+    name = getattr(trt_dtype, "name", str(trt_dtype)).upper()
+    names = {"FLOAT": "float32", "FP32": "float32", "HALF": "float16", "FP16": "float16", "BF16": "bfloat16",
+             "INT32": "int32", "INT64": "int64"}
+    if name not in names:
+        raise PluginError(f"jetmoe plugins do not support TensorRT type {trt_dtype}")
+    return names[name]
+
+
+_TORCH_CODES = {"float32": ("<f4", None), "float16": ("<f2", None), "bfloat16": ("<i2", "bfloat16"),
+                "int32": ("<i4", None), "int64": ("<i8", None)}
+
+
+def torch_view(tensor):
+    """A torch CUDA tensor over a `tensorrt.plugin.Tensor`'s memory (no copy). bf16 goes through int16, since
+    the plugin Tensor's `__cuda_array_interface__` refuses bf16."""
+    import numpy as np
+    import torch
+
+    name = _dtype_name(tensor.dtype)
+    typestr, view_as = _TORCH_CODES[name]
+    itemsize = np.dtype(typestr).itemsize
+    shape = tuple(tensor.shape)
+
+    interface = {"shape": shape, "typestr": typestr, "data": (tensor.data_ptr, False),
+                 "strides": tuple(s * itemsize for s in tensor.strides), "version": 3}
+    view = torch.as_tensor(types.SimpleNamespace(__cuda_array_interface__=interface), device="cuda")
+    return view.view(getattr(torch, view_as)) if view_as else view

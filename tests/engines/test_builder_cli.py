@@ -1,0 +1,133 @@
+"""Build requests checked before TensorRT is touched, and clear errors where TensorRT or a GPU is missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from engines import builder, commands
+from engines.errors import EngineError, TensorRTUnavailable, require_cuda_gpu
+from engines.manifest import manifest_path, write_manifest
+from jetmoe.errors import InputError, JetMoeError
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    monkeypatch.setitem(sys.modules, "tensorrt.plugin", None)
+
+
+@pytest.fixture
+def onnx_copy(exported, tmp_path):
+    """A private copy of the tiny fp32 export (tests may tamper with it)."""
+    src = exported("fp32").parent
+    dst = tmp_path / "export"
+    shutil.copytree(src, dst)
+    return dst / "model.onnx"
+
+
+def test_plan_reads_export_json(onnx_copy, tmp_path):
+    plan = builder.plan_build(onnx_copy, tmp_path / "model.engine", max_batch=3, max_seq=40)
+    assert plan.dtype == "fp32" and plan.names.inputs[:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert [p.name for p in plan.profiles] == ["prefill", "decode"]
+    assert plan.profiles[1].shapes["past_key_values.0.key"][2] == (3, plan.config.num_key_value_heads, 39,
+                                                                    plan.config.kv_channels)
+
+
+def test_plan_refusals(onnx_copy, tmp_path):
+    engine = tmp_path / "model.engine"
+    with pytest.raises(InputError, match="no ONNX model at"):
+        builder.plan_build(tmp_path / "missing.onnx", engine)
+    with pytest.raises(EngineError, match="exported in fp32, but a bf16 engine was asked for.*--dtype bf16"):
+        builder.plan_build(onnx_copy, engine, dtype="bf16")
+    with pytest.raises(InputError, match="exceeds the model's max_position_embeddings 512"):
+        builder.plan_build(onnx_copy, engine, max_seq=100_000)
+    with pytest.raises(InputError, match="plugin_mode 'fast'"):
+        builder.plan_build(onnx_copy, engine, plugin_mode="fast")
+    engine.write_bytes(b"old")
+    with pytest.raises(InputError, match="exists; pass overwrite=True"):
+        builder.plan_build(onnx_copy, engine)
+    with pytest.raises(InputError, match="does not exist"):
+        builder.plan_build(onnx_copy, tmp_path / "nope" / "model.engine")
+
+
+def test_plan_refuses_a_modified_onnx(onnx_copy, tmp_path):
+    with open(onnx_copy, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(EngineError, match="modified after export"):
+        builder.plan_build(onnx_copy, tmp_path / "model.engine")
+
+
+def test_plan_needs_export_json(onnx_copy, tmp_path):
+    (onnx_copy.parent / "export.json").unlink()
+    with pytest.raises(EngineError, match="no export.json beside"):
+        builder.plan_build(onnx_copy, tmp_path / "model.engine")
+
+
+def test_build_without_tensorrt_is_one_clear_error(onnx_copy, tmp_path, no_tensorrt):
+    with pytest.raises(TensorRTUnavailable) as e:
+        builder.build_engine(onnx_copy, tmp_path / "model.engine", say=lambda _: None)
+    assert "TensorRT is not installed" in str(e.value) and "NVIDIA's package index" in str(e.value)
+    assert isinstance(e.value, JetMoeError) and "\n" not in str(e.value)
+    assert not (tmp_path / "model.engine").exists()
+
+
+def test_build_arguments_are_checked_before_tensorrt(onnx_copy, tmp_path, no_tensorrt):
+    with pytest.raises(InputError, match="builder_optimization_level must be 0..5, got 9"):
+        builder.build_engine(onnx_copy, tmp_path / "model.engine", builder_optimization_level=9)
+
+
+def test_plugins_and_runtime_without_tensorrt(tmp_path, no_tensorrt):
+    from test_manifest import make_manifest
+
+    from engines.plugins import register_plugins
+    from engines.runtime import JetMoeEngine
+
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+        register_plugins()
+    engine = tmp_path / "model.engine"
+    with pytest.raises(InputError, match="no TensorRT engine at"):
+        JetMoeEngine(engine)
+    engine.write_bytes(b"plan")
+    with pytest.raises(EngineError, match="no engine manifest"):
+        JetMoeEngine(engine)
+    write_manifest(engine, make_manifest())
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+        JetMoeEngine(engine)
+
+
+def test_no_gpu_is_a_clear_error(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(TensorRTUnavailable, match="no CUDA GPU is visible"):
+        require_cuda_gpu()
+
+
+def test_atomic_write_bytes(tmp_path, monkeypatch):
+    path = tmp_path / "model.engine"
+    builder.atomic_write_bytes(path, b"one")
+    monkeypatch.setattr(os, "replace", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        builder.atomic_write_bytes(path, b"two")
+    assert path.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["model.engine"]
+
+
+def test_build_subcommand_parses_and_fails_cleanly(onnx_copy, tmp_path, no_tensorrt):
+    parser = argparse.ArgumentParser(prog="jetmoe")
+    commands.add_build_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["build", str(onnx_copy), "-o", str(tmp_path / "m.engine"), "--max-batch", "4",
+                              "--max-seq", "64", "--opt-batch", "2", "--timing-cache", str(tmp_path / "t.cache"),
+                              "--builder-optimization-level", "2"])
+    assert (args.max_batch, args.max_seq, args.opt_batch, args.builder_optimization_level) == (4, 64, 2, 2)
+    assert args.plugin_mode == "aot"
+    with pytest.raises(TensorRTUnavailable):
+        args.run(args)
+    assert commands.EXIT_UNAVAILABLE == 2
+    assert not manifest_path(tmp_path / "m.engine").exists()
+    assert json.loads((onnx_copy.parent / "export.json").read_text())["dtype"] == "fp32"
