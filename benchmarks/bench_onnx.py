@@ -13,7 +13,13 @@ At 8B widths with 2 layers, on random weights written once (`write_random_checkp
                process from the same checkpoint), prefill.onnx and decode.onnx in ONNX Runtime CPU, 2 threads
     Logits are checked against HF eager first; then the three run alternately (ours, hf, hf_onnx, ...) after
     warm-up, and the medians and our ratio to each are reported (target: our decode step faster than both).
-    Session creation time and RSS growth are reported per ORT model.
+    Each timed call starts after an untimed 0.1 s pause (ORT's threads spin ~40-50 ms after a run and would
+    otherwise slow whatever runs next) and the order rotates every repetition.
+    Session creation time and RSS growth are reported per ORT model. As a diagnostic of interference between
+    the runtimes' thread pools (2 cores, each runtime spins its own threads), each side is then also timed
+    alone, back to back (`blocks_diagnostic`); the alternating medians are the result. The machine is shared:
+    before each timed case the script waits (up to --wait-quiet seconds) for a window in which other processes
+    use < 0.3 cores, and it records how many cores they kept busy during the timing.
 (c) with --profile: ORT's profiler on the decode step of ours and of hf_onnx; time per op type and top nodes.
 
     python benchmarks/bench_onnx.py                 # full run (~15 min, ~14 GB disk), writes docs/bench/onnx.json
@@ -55,6 +61,10 @@ CONFIGS = {
 DEFAULT_REPS = {"decode": 40, "prefill": 10}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 GiB = 2**30
+# ONNX Runtime's worker threads spin ~40-50 ms of one core after every run (allow_spinning defaults to on): on
+# 2 cores, whatever runs next loses half the machine. An untimed pause before each timed call keeps every
+# runtime at its defaults while stopping that cross-talk.
+COOLDOWN_S = 0.1
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------
@@ -134,6 +144,33 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall s, CPU s busy on the whole machine, CPU s of this process): for the load others put on the machine."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    own = os.times()
+    return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
+        own.user + own.system
+
+
+def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
+    """Average number of cores that other processes kept busy between two snapshots."""
+    wall = after[0] - before[0]
+    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall if wall > 0 else 0.0
+
+
+def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 3.0) -> dict:
+    """Wait (up to max_wait_s) for a window in which other processes use < threshold cores on average."""
+    t0 = time.monotonic()
+    while True:
+        a = cpu_snapshot()
+        time.sleep(window_s)
+        load = others_cores(a, cpu_snapshot())
+        waited = time.monotonic() - t0
+        if load < threshold or waited >= max_wait_s:
+            return {"waited_s": waited, "others_cores_last_window": load, "quiet": load < threshold}
 
 
 def git_state() -> dict:
@@ -244,16 +281,34 @@ class HfOnnx:
         return torch.from_numpy(values[0].numpy()[:, -1]).float(), list(values[1:])
 
 
+def time_blocks(fns: dict, after: dict, reps: int) -> dict[str, list[float]]:
+    """Diagnostic: each side alone, `reps` calls after one warm-up call (no other runtime between)."""
+    times = {}
+    for name, fn in fns.items():
+        fn()
+        after.get(name, lambda: None)()
+        times[name] = []
+        for _ in range(reps):
+            time.sleep(COOLDOWN_S)
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            after.get(name, lambda: None)()
+    return times
+
+
 def time_alternating(fns: dict, after: dict, reps: int, warmup: int) -> dict[str, list[float]]:
     for _ in range(warmup):
         for name, fn in fns.items():
             fn()
             after.get(name, lambda: None)()
     times = {name: [] for name in fns}
-    for _ in range(reps):  # alternate so slow phases of a shared machine hit every side alike
-        for name, fn in fns.items():
+    names = list(fns)
+    for rep in range(reps):  # alternate so slow phases of a shared machine hit every side alike
+        for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotated: each follows each
+            time.sleep(COOLDOWN_S)  # let the previous runtime's spinning threads stop (untimed)
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
             after.get(name, lambda: None)()
     return times
@@ -310,7 +365,8 @@ def phase_hf_export(work: Path, ckpt: Path, numel: int) -> dict:
     return r
 
 
-def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quick: bool, reps_arg) -> dict:
+def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quick: bool, reps_arg,
+                  quiet_s: float) -> dict:
     import transformers
 
     from export.onnx_runtime import OnnxModel
@@ -374,9 +430,13 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
                     raise SystemExit(f"{case}: logit mismatch {name} vs HF eager: {d:.3g} >= {PARITY_TOL}")
             reps = reps_arg or (5 if quick else DEFAULT_REPS[case])
             warmup = 1 if quick else max(2, reps // 10)
+            quiet = wait_quiet(quiet_s) if quiet_s > 0 else None
+            snap = cpu_snapshot()
             times = time_alternating(fns, after, reps, warmup)
+            others = others_cores(snap, cpu_snapshot())
             med = {k: statistics.median(v) for k, v in times.items()}
             row = {"case": case, "reps": reps, "warmup": warmup, "max_abs_logit": scale,
+                   "quiet_wait": quiet, "others_cores_during_timing": others,
                    "max_abs_logit_diff_vs_hf_eager": diffs,
                    "median_ms": {k: 1e3 * v for k, v in med.items()},
                    "min_ms": {k: 1e3 * min(v) for k, v in times.items()},
@@ -384,11 +444,23 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
                    "paired_ratio_median_ours_over": {
                        k: statistics.median(o / x for o, x in zip(times["ours"], times[k]))
                        for k in times if k != "ours"}}
+            snap = cpu_snapshot()
+            blocks = time_blocks(fns, after, max(3, reps // 2))
+            bmed = {k: statistics.median(v) for k, v in blocks.items()}
+            row["blocks_diagnostic"] = {"reps": max(3, reps // 2), "others_cores": others_cores(snap, cpu_snapshot()),
+                                        "median_ms": {k: 1e3 * v for k, v in bmed.items()},
+                                        "ratio_ours_over": {k: bmed["ours"] / v for k, v in bmed.items()
+                                                            if k != "ours"}}
             rows.append(row)
             print(f"  {case:8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in row["median_ms"].items()) + "  | ours/"
                   + "  ours/".join(f"{k} {v:.3f}" for k, v in row["ratio_ours_over"].items())
                   + f"  (diff {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())}; |logit| max {scale:.1f}; "
-                  f"{reps} reps)", flush=True)
+                  f"{reps} reps; other processes kept {others:.2f} cores busy)", flush=True)
+            b = row["blocks_diagnostic"]
+            print(f"  {'':8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in b["median_ms"].items()) + "  | ours/"
+                  + "  ours/".join(f"{k} {v:.3f}" for k, v in b["ratio_ours_over"].items())
+                  + f"  (diagnostic: each side alone, {b['reps']} reps; others {b['others_cores']:.2f} cores)",
+                  flush=True)
         result["cases"] = rows
     result["rss_in_timing_process_gib"] = proc_status()["VmRSS"] / GiB
     del ours, hf, hf_onnx, cases, decode_fns
@@ -416,7 +488,7 @@ def summarize_profile(path: Path, runs: int) -> dict:
 
 
 def phase_profile(work: Path, ckpt_config, ours_path: Path, hf_dir: Path | None, steps: int) -> dict:
-    """ORT profiler on the decode step (P cached tokens): each model alone, its sessions freed afterwards."""
+    """ORT profiler on the decode step (P cached tokens) of ours and hf_onnx, steps alternating (with the pause)."""
     import onnxruntime as ort
 
     from export.onnx_runtime import OnnxModel
@@ -425,42 +497,32 @@ def phase_profile(work: Path, ckpt_config, ours_path: Path, hf_dir: Path | None,
     prompt = torch.randint(ckpt_config.vocab_size, (1, S), generator=gen)
     step = torch.randint(ckpt_config.vocab_size, (1, 1), generator=gen)
     prompt_pos, step_pos = torch.arange(S)[None], torch.tensor([[P]])
-    out = {}
-
-    # ours: OnnxModel with a profiling session swapped in (same options otherwise)
-    ours = OnnxModel(ours_path, threads=THREADS)
-    _, prefix = ours(prompt, torch.ones(1, S, dtype=torch.long), prompt_pos, None)
-    ours.session = ort_session(ours_path, str(work / "profile_ours"))
     mask = torch.ones(1, P + 1, dtype=torch.long)
-    for _ in range(3):
-        ours(step, mask, step_pos, prefix)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        ours(step, mask, step_pos, prefix)
-    wall = (time.perf_counter() - t0) / steps
-    path = ours.session.end_profiling()
-    out["ours"] = {"wall_ms_per_step_profiled": 1e3 * wall, **summarize_profile_runs(path, 0, steps + 3)}
-    del ours, prefix
-    gc.collect()
 
+    # ours: OnnxModel with a profiling session in place of its own (same options otherwise); the prefix run
+    # goes through the plain session, so the profile holds decode steps only
+    ours = OnnxModel(ours_path, threads=THREADS)
+    _, ours_prefix = ours(prompt, torch.ones(1, S, dtype=torch.long), prompt_pos, None)
+    ours.session = ort_session(ours_path, str(work / "profile_ours"))
+    fns = {"ours": lambda: ours(step, mask, step_pos, ours_prefix)}
     if hf_dir is not None:
-        hf_onnx = HfOnnx(hf_dir, profile_prefix=str(work / "profile_hf_onnx"))
-        # prefix through decode.onnx on an empty cache (multi-token decode) so that prefill.onnx need not load
+        # hf_onnx: decode.onnx only; its prefix through decode.onnx on an empty cache (multi-token decode), which
+        # is the first run in its profile and is dropped below
+        hf_onnx = HfOnnx(hf_dir, load_prefill=False, profile_prefix=str(work / "profile_hf_onnx"))
         empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, ckpt_config.num_key_value_heads, 0,
                                                            ckpt_config.kv_channels), np.float32))
-        _, prefix = hf_onnx.decode(prompt, prompt_pos, [empty] * len(hf_onnx.cache_in))
-        for _ in range(2):
-            hf_onnx.decode(step, step_pos, prefix)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            hf_onnx.decode(step, step_pos, prefix)
-        wall = (time.perf_counter() - t0) / steps
-        path = hf_onnx.decode_session.end_profiling()
-        # the profile also holds the S-token prefix run: drop it by counting only 1-token runs
-        out["hf_onnx"] = {"wall_ms_per_step_profiled": 1e3 * wall,
-                          **summarize_profile_runs(path, skip_first=1, runs=steps + 2)}
-        del hf_onnx, prefix
-        gc.collect()
+        _, hf_prefix = hf_onnx.decode(prompt, prompt_pos, [empty] * len(hf_onnx.cache_in))
+        fns["hf_onnx"] = lambda: hf_onnx.decode(step, step_pos, hf_prefix)
+    warmup = 2
+    times = time_alternating(fns, {}, steps, warmup)
+    out = {"ours": {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["ours"]),
+                    **summarize_profile_runs(ours.session.end_profiling(), 0, steps + warmup)}}
+    if hf_dir is not None:
+        out["hf_onnx"] = {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["hf_onnx"]),
+                          **summarize_profile_runs(hf_onnx.decode_session.end_profiling(), 1, steps + warmup)}
+        del hf_onnx, hf_prefix
+    del ours, ours_prefix, fns
+    gc.collect()
     return out
 
 
@@ -489,6 +551,9 @@ def main() -> None:
                         "folder, removed at the end); an existing checkpoint/ and hf_onnx/ in it are reused")
     parser.add_argument("--keep", action="store_true", help="keep the temp work folder")
     parser.add_argument("--skip-hf-onnx", action="store_true", help="leave HF's ONNX exporter out")
+    parser.add_argument("--wait-quiet", type=float, default=300, metavar="S",
+                        help="before each timed case, wait up to S seconds for other processes to use < 0.3 cores "
+                             "(shared machine; 0: do not wait)")
     parser.add_argument("--out", type=Path, help=f"JSON results path (default: {OUT_JSON.relative_to(ROOT)}; "
                         "--quick writes none unless given)")
     args = parser.parse_args()
@@ -505,7 +570,13 @@ def main() -> None:
               "command": " ".join(["python", *sys.argv]), **versions(), "cpu": cpu_model(),
               "cpu_count": os.cpu_count(), "threads": THREADS, "batch": 1, "dtype_latency": "float32",
               "prefill_tokens": S, "decode_cached_tokens": P, "config": config_name,
-              "config_fields": config.to_dict(), "git": git_state(), "loadavg_1_5_15_before": load_before}
+              "config_fields": config.to_dict(), "git": git_state(), "loadavg_1_5_15_before": load_before,
+              "timing": "median wall time per call (perf_counter), ours / hf / hf_onnx alternating in one loop, order "
+                        "rotated per repetition, untimed 0.1 s pause before each call; ratio_ours_over = ratio of "
+                        "medians, paired_ratio_median = median of per-repetition ratios; blocks_diagnostic = each "
+                        "side alone (same pause), fewer reps",
+              "memory": "export: /usr/bin/time -v 'Maximum resident set size' of a fresh process; loading: RSS "
+                        "growth of this process (after, and peak via VmHWM reset through /proc/self/clear_refs)"}
     try:
         ckpt = work / "checkpoint"
         if not (ckpt / "config.json").is_file():
@@ -522,26 +593,34 @@ def main() -> None:
             raise SystemExit("our fp32 export failed; nothing to time")
         hf_dir = None
         if not args.skip_hf_onnx:
-            if (work / "hf_onnx" / "decode.onnx").is_file():
-                print("\nreusing HF export in", work / "hf_onnx")
-                report["hf_export"] = {"reused": str(work / "hf_onnx")}
+            if (work / "hf_onnx" / "decode.onnx").is_file() and (work / "hf_export.json").is_file():
+                report["hf_export"] = {**json.loads((work / "hf_export.json").read_text()),
+                                       "reused_from_earlier_run_in": str(work)}
+                print(f"\nreusing HF export in {work / 'hf_onnx'} (earlier run: {report['hf_export']['seconds']:.1f} s, "
+                      f"peak RSS {report['hf_export']['max_rss_gib']:.2f} GiB)", flush=True)
                 hf_dir = work / "hf_onnx"
             else:
                 report["hf_export"] = phase_hf_export(work, ckpt, numel)
                 hf_dir = work / "hf_onnx" if report["hf_export"]["returncode"] == 0 else None
+                (work / "hf_export.json").write_text(json.dumps(report["hf_export"], indent=2))
         shutil.rmtree(work / "ours_bf16", ignore_errors=True)  # disk: only fp32 is timed
 
         print(f"\n(b) latency, batch 1, fp32, {THREADS} threads, S=P={S}, alternating", flush=True)
         report["load_avg_before_timing"] = os.getloadavg()
         report["latency"] = phase_latency(ckpt, work / "ours_fp32" / "model.onnx", hf_dir, config, args.quick,
-                                          args.reps)
+                                          args.reps, 0 if args.quick else args.wait_quiet)
         report["load_avg_after_timing"] = os.getloadavg()
         if args.profile:
-            print(f"\n(c) ORT profiler, decode step, {args.profile_steps} steps", flush=True)
-            report["profile"] = phase_profile(work, config, work / "ours_fp32" / "model.onnx", hf_dir,
-                                              args.profile_steps)
+            print(f"\n(c) ORT profiler, decode step, {args.profile_steps} steps alternating", flush=True)
+            try:
+                report["profile"] = phase_profile(work, config, work / "ours_fp32" / "model.onnx", hf_dir,
+                                                  args.profile_steps)
+            except Exception as e:  # the timings above are still worth writing
+                report["profile"] = {}
+                report["profile_error"] = f"{type(e).__name__}: {e}"
+                print(f"  profiling failed: {report['profile_error']}", flush=True)
             for name, prof in report["profile"].items():
-                print(f"  {name}: {prof['wall_ms_per_step_profiled']:.2f} ms/step wall (profiled), "
+                print(f"  {name}: {prof['wall_ms_per_step_profiled']:.2f} ms/step wall (median, profiled), "
                       f"{prof['kernel_ms_per_step']:.2f} ms in kernels")
                 for op in prof["by_op_type_ms"][:8]:
                     print(f"    {op['op']:22s} {op['ms']:8.2f} ms  {100 * op['share']:5.1f} %")
