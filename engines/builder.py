@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from engines.manifest import EngineManifest, read_export_manifest, write_manifes
 from engines.profiles import Limits, Profile, make_profiles, resolve_limits
 from export.io_names import IoNames
 from jetmoe.config import JetMoeConfig
+from jetmoe.checkpoint import atomic_write_bytes, file_sha256
 from jetmoe.errors import InputError
 
 PLUGIN_MODES = ("aot", "jit")
@@ -198,23 +198,3 @@ def _progress_monitor(trt, say: Callable[[str], None]):
 
     return Progress()
 
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers see the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

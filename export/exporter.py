@@ -9,7 +9,6 @@ readable dimension names and the ops' local-function bodies, checked, linted and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -328,17 +327,9 @@ def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, names: Io
         "custom_ops": [{"domain": schema.DOMAIN, "name": op.name, "opset_version": schema.OPSET_VERSION,
                         "plugin_namespace": schema.PLUGIN_NAMESPACE, "plugin_version": schema.PLUGIN_VERSION,
                         "inputs": list(op.inputs), "outputs": list(op.outputs)} for op in schema.OPS.values()],
-        "files": {name: _sha256(folder / name) for name in (MODEL_NAME, DATA_NAME)},
+        "files": {name: checkpoint.file_sha256(folder / name) for name in (MODEL_NAME, DATA_NAME)},
         "versions": _versions(),
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:

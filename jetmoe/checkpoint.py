@@ -8,6 +8,7 @@ Writing goes through temporary names and renames, so a failed save leaves no hal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import os
@@ -284,12 +285,25 @@ def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = _temp_name(path)
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write beside `path` under a temporary name, then rename: readers see the old file or the whole new one."""
+    tmp = _temp_name(Path(path))
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _temp_name(path: Path) -> Path:
