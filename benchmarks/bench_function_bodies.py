@@ -17,14 +17,17 @@ slices) and only the local-function bodies of the two `jetmoe` ops differing:
                 then selection (map: GatherND) and gate-weighted sum over experts (reduce)
 
 Each is checked against the eager `jetmoe.ops` result (max abs diff), then timed at T=1 (decode) and T=512
-(prefill) in ORT CPU with intra_op_num_threads=2, the candidates (and eager torch, for reference) alternating
+(prefill) in ORT CPU with intra_op_num_threads=2. A fourth ORT row, A_ours_preopt, is A deployed differently:
+ORT's basic-level optimizations (constant folding of the expert slices included) run once and saved with
+external initializers, then loaded like any model. The candidates (and eager torch, for reference) alternate
 in one loop (order rotated every repetition, an untimed 0.1 s pause before each call: ORT's threads spin
-~40-50 ms after a run and would otherwise slow whichever candidate runs next); medians. Session creation time and the process RSS growth during creation (peak and after) are
-measured in a fresh subprocess per candidate, so that one session's freed memory cannot hide the next one's.
+~40-50 ms after a run and would otherwise slow whichever candidate runs next); medians. Session creation time
+and the process RSS growth during creation (peak and after) are measured in a fresh subprocess per candidate,
+so that one session's freed memory cannot hide the next one's.
 The machine is shared: before each timed case the script waits (up to --wait-quiet seconds) for a window in
 which other processes use < 0.3 cores, and it records how many cores they kept busy while the case ran.
 
-    python benchmarks/bench_function_bodies.py            # full run (~3 min), writes docs/bench/function_bodies.json
+    python benchmarks/bench_function_bodies.py            # full run (~6 min), writes docs/bench/function_bodies.json
     python benchmarks/bench_function_bodies.py --quick    # smoke run: toy widths, few reps
 """
 
@@ -57,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "docs" / "bench" / "function_bodies.json"
 THREADS = 2
 OPSET = 21  # the exporter's default
-SIZES = {"8b": dict(D=2048, I=5632, E=8, K=2), "toy": dict(D=64, I=96, E=8, K=2)}
+SIZES = {"8b": {"D": 2048, "I": 5632, "E": 8, "K": 2}, "toy": {"D": 64, "I": 96, "E": 8, "K": 2}}
 TOKENS = {"decode": 1, "prefill": 512}
 DEFAULT_REPS = {"decode": 40, "prefill": 8}
 PARITY_TOL = 1e-5  # relative to max |y| (fp32; outputs of magnitude ~100 at 8B widths)
@@ -313,6 +316,17 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def save_preoptimized(path: Path, out: Path) -> None:
+    """Run ORT's basic-level graph optimizations (constant folding included) once; save the result."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", out.name + ".data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def proc_status() -> dict[str, int]:
     """VmRSS, VmHWM (peak), RssAnon, RssFile of this process, in bytes."""
     out = {}
@@ -349,8 +363,9 @@ def measure_creation(path: Path) -> dict:
 
 def creation_in_subprocess(path: Path) -> dict:
     """A fresh interpreter per candidate: no allocator reuse across sessions."""
-    code = ("import json, sys; sys.path.insert(0, %r); from benchmarks.bench_function_bodies import measure_creation;"
-            " from pathlib import Path; print(json.dumps(measure_creation(Path(%r))))" % (str(ROOT), str(path)))
+    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from benchmarks.bench_function_bodies import measure_creation; from pathlib import Path; "
+            f"print(json.dumps(measure_creation(Path({str(path)!r}))))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -386,7 +401,7 @@ def cpu_model() -> str:
 def cpu_snapshot() -> tuple[float, float, float]:
     """(wall s, CPU s busy on the whole machine, CPU s of this process): for the load others put on the machine."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     own = os.times()
     return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
         own.user + own.system
@@ -442,8 +457,16 @@ def main() -> None:
             onnx.save_model(model, paths[name])
             onnx.checker.check_model(str(paths[name]))
 
+        # A deployed differently: ORT's basic-level optimizations (constant folding of the expert slices) run once
+        # and saved with external initializers, then loaded like any model. Same graph, same folded weights.
+        t0 = time.perf_counter()
+        save_preoptimized(paths["A_ours"], folder / "A_ours_preopt.onnx")
+        results["preoptimize_once_s"] = time.perf_counter() - t0
+        paths["A_ours_preopt"] = folder / "A_ours_preopt.onnx"
+        names = (*CANDIDATES, "A_ours_preopt")
+
         print("\nsession creation, fresh process per candidate", flush=True)
-        for name in CANDIDATES:
+        for name in names:
             r = creation_in_subprocess(paths[name])
             results["creation"][name] = r
             peak = f"{r['peak_growth_gib']:.2f}" if r["peak_growth_gib"] is not None else "n/a"
@@ -451,7 +474,7 @@ def main() -> None:
                   f"(anon +{r['rss_anon_growth_gib']:.2f}, file +{r['rss_file_growth_gib']:.2f}), "
                   f"peak +{peak} GiB", flush=True)
 
-        sessions = {name: session(paths[name]) for name in CANDIDATES}
+        sessions = {name: session(paths[name]) for name in names}
         with torch.inference_mode():
             for case, T in TOKENS.items():
                 feeds = make_inputs(size, T, seed=T)
@@ -463,9 +486,9 @@ def main() -> None:
                     check[name] = diff
                     if not diff < PARITY_TOL * float(ref.abs().max()):
                         raise SystemExit(f"{name} {case}: max |ort - eager| = {diff:.3g} >= {PARITY_TOL} x max |y|")
-                fns = {name: (lambda s=sess: s.run(["y"], feeds)) for name, sess in sessions.items()}
+                fns = {name: (lambda s=sess, f=feeds: s.run(["y"], f)) for name, sess in sessions.items()}
                 if not args.no_eager:
-                    fns["eager_torch"] = lambda: eager(weights, feeds, size["I"])
+                    fns["eager_torch"] = lambda f=feeds: eager(weights, f, size["I"])
                 reps = args.reps or (5 if args.quick else DEFAULT_REPS[case])
                 warmup = 1 if args.quick else 2
                 quiet = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 and not args.quick else None
@@ -495,7 +518,7 @@ def main() -> None:
         f"{'peak+ GiB':>11s}"
     print(f"\nmedians, one MoE layer ({size_name}: D={size['D']} I={size['I']} E={size['E']} K={size['K']}), fp32, "
           f"ORT CPU {THREADS} threads; weights {weight_bytes / 2**30:.2f} GiB\n{header}")
-    for name in (*CANDIDATES, *([] if args.no_eager else ["eager_torch"])):
+    for name in (*CANDIDATES, "A_ours_preopt", *([] if args.no_eager else ["eager_torch"])):
         row = f"{name:13s}"
         for c in results["cases"]:
             diff = c["max_abs_diff_vs_eager"].get(name)
@@ -519,6 +542,8 @@ def main() -> None:
                                    "Gather(W, loop counter)",
                        "C_dense": "all experts x all tokens (MatMul with Transpose(W)), GatherND selection / "
                                   "gate-weighted ReduceSum",
+                       "A_ours_preopt": "A after ORT's basic-level optimizations run once and saved "
+                                        "(optimized_model_filepath, external initializers): a deployment variant",
                        "eager_torch": "jetmoe.ops eager (reference, torch CPU)"},
         "timing": "median wall time per session.run (perf_counter), candidates alternating in one loop (order "
                   "rotated per repetition, untimed 0.1 s pause before each call); ratio_to_A = ratio of medians",

@@ -11,8 +11,12 @@ At 8B widths with 2 layers, on random weights written once (`write_random_checkp
       hf       HF eager `transformers.JetMoeForCausalLM.from_pretrained(CKPT, dtype=float32)` (default attention)
       hf_onnx  HF's `transformers.exporters.OnnxExporter().export_for_generation(...)` (exported in a fresh
                process from the same checkpoint), prefill.onnx and decode.onnx in ONNX Runtime CPU, 2 threads
-    Logits are checked against HF eager first; then the three run alternately (ours, hf, hf_onnx, ...) after
-    warm-up, and the medians and our ratio to each are reported (target: our decode step faster than both).
+    Logits are checked against HF eager first, and the same prefill is run 8 times through each ONNX model to
+    check that it is deterministic. HF's graph is not at 2 threads (it is at 1): its index_add becomes
+    ScatterND(reduction="add") with duplicate indices, which ORT's CPU kernel runs in parallel without
+    synchronisation (microsoft/onnxruntime#18048), so its mismatches are reported, not fatal. Then the three run
+    alternately (ours, hf, hf_onnx, ...) after warm-up, and the medians and our ratio to each are reported
+    (target: our decode step faster than both).
     Each timed call starts after an untimed 0.1 s pause (ORT's threads spin ~40-50 ms after a run and would
     otherwise slow whatever runs next) and the order rotates every repetition.
     Session creation time and RSS growth are reported per ORT model. As a diagnostic of interference between
@@ -54,8 +58,8 @@ THREADS = 2
 RSS_TARGET = 1.5
 PARITY_TOL = 1e-3  # absolute on logits; the random weights give logits of magnitude ~1-10 (printed alongside)
 CONFIGS = {
-    "8b-widths-2l": dict(vocab_size=32000, hidden_size=2048, num_hidden_layers=2, num_key_value_heads=16,
-                         kv_channels=128, intermediate_size=5632),
+    "8b-widths-2l": {"vocab_size": 32000, "hidden_size": 2048, "num_hidden_layers": 2, "num_key_value_heads": 16,
+                     "kv_channels": 128, "intermediate_size": 5632},
     "tiny": "tiny",
 }
 DEFAULT_REPS = {"decode": 40, "prefill": 10}
@@ -114,7 +118,8 @@ class Creation:
 def time_v(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     """Run cmd under /usr/bin/time -v; wall seconds, peak RSS, exit status; stderr kept in `log`."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True, env=env)
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True, env=env,
+                          check=False)
     seconds = time.perf_counter() - t0
     log.write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
@@ -149,7 +154,7 @@ def cpu_model() -> str:
 def cpu_snapshot() -> tuple[float, float, float]:
     """(wall s, CPU s busy on the whole machine, CPU s of this process): for the load others put on the machine."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
     own = os.times()
     return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
         own.user + own.system
@@ -175,7 +180,7 @@ def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 3.0)
 
 def git_state() -> dict:
     def git(*args):
-        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
         return r.stdout.strip() if r.returncode == 0 else None
 
     return {"head": git("rev-parse", "HEAD"), "dirty": (git("status", "--short") or "").splitlines()}
@@ -252,7 +257,10 @@ class HfOnnx:
         self.decode_outputs = [o.name for o in self.decode_session.get_outputs()]
         self.cache_in = [n for n in self.decode_inputs if "cache" in n]
         self.cache_out = [n for n in self.decode_outputs if "cache" in n]
-        key = lambda n: re.search(r"layers\.(\d+)\.(keys|values)$", n).groups()  # noqa: E731
+
+        def key(name: str) -> tuple[str, ...]:
+            return re.search(r"layers\.(\d+)\.(keys|values)$", name).groups()
+
         assert [key(n) for n in self.cache_in] == [key(n) for n in self.cache_out], (self.cache_in, self.cache_out)
         if self.prefill_session is not None:
             self.prefill_outputs = [o.name for o in self.prefill_session.get_outputs()]
@@ -279,6 +287,33 @@ class HfOnnx:
         feeds.update(zip(self.cache_in, cache))
         values = self.decode_session.run_with_ort_values(["logits", *self.cache_out], feeds)
         return torch.from_numpy(values[0].numpy()[:, -1]).float(), list(values[1:])
+
+
+def repeatability(ours, hf, hf_onnx, prompt, positions, config, runs: int) -> dict:
+    """The same prefill `runs` times through each ONNX model: all outputs (logits at every position, KV cache)
+    compared bitwise with the first run, and the logits at every position with HF eager's."""
+    reference = hf(prompt, use_cache=False).logits[0].float().numpy()
+    empty = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels), np.float32)
+    ours_feeds = {"input_ids": prompt.numpy().astype(np.int64), "position_ids": positions.numpy().astype(np.int64),
+                  "attention_mask": np.ones(prompt.shape, np.int64),
+                  **{n: empty for pair in ours.names.past for n in pair}}
+    models = {"ours": lambda: list(ours.run(ours_feeds).values())}
+    if hf_onnx is not None:
+        hf_feeds = {"input_ids": ours_feeds["input_ids"], "position_ids": ours_feeds["position_ids"]}
+        models["hf_onnx"] = lambda: hf_onnx.prefill_session.run(None, hf_feeds)  # logits first, then the cache
+    out = {}
+    for name, run in models.items():
+        first = run()
+        differing, vs_first, vs_eager = 0, 0.0, float(np.abs(first[0][0] - reference).max())
+        for _ in range(runs - 1):
+            outputs = run()
+            if any(not np.array_equal(a, b) for a, b in zip(outputs, first)):
+                differing += 1
+            vs_first = max(vs_first, *(float(np.abs(a - b).max()) for a, b in zip(outputs, first)))
+            vs_eager = max(vs_eager, float(np.abs(outputs[0][0] - reference).max()))
+        out[name] = {"runs": runs, "runs_differing_from_first": differing, "max_abs_output_diff_vs_first_run": vs_first,
+                     "max_abs_all_logits_diff_vs_hf_eager": vs_eager}
+    return out
 
 
 def time_blocks(fns: dict, after: dict, reps: int) -> dict[str, list[float]]:
@@ -349,8 +384,8 @@ def phase_export(work: Path, ckpt: Path, dtypes: list[str], numel: int) -> dict:
 def phase_hf_export(work: Path, ckpt: Path, numel: int) -> dict:
     out = work / "hf_onnx"
     shutil.rmtree(out, ignore_errors=True)
-    code = ("import sys; sys.path.insert(0, %r); from benchmarks.bench_onnx import _hf_export; _hf_export(%r, %r)"
-            % (str(ROOT), str(ckpt), str(out)))
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_onnx import _hf_export; "
+            f"_hf_export({str(ckpt)!r}, {str(out)!r})")
     r = time_v([sys.executable, "-c", code], work / "hf_export.log")
     if r["returncode"] == 0:
         log = (work / "hf_export.log").read_text().split("----- stderr -----")[0]
@@ -398,6 +433,12 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
 
     cases = {}
     with torch.inference_mode():
+        result["repeatability"] = repeatability(ours, hf, hf_onnx, prompt, prompt_pos, config, runs=2 if quick else 8)
+        for name, r in result["repeatability"].items():
+            print(f"  repeatability, prefill {S} tokens x {r['runs']}: {name}: {r['runs_differing_from_first']} runs "
+                  f"not bitwise equal to the first; all-position logits vs HF eager up to "
+                  f"{r['max_abs_all_logits_diff_vs_hf_eager']:.2e}; outputs vs first run up to "
+                  f"{r['max_abs_output_diff_vs_first_run']:.2e}", flush=True)
         # prefill: each side builds a fresh cache, as generation does
         cases["prefill"] = (
             {"ours": lambda: ours(prompt, mask_prefill, prompt_pos, None)[0],
@@ -425,9 +466,11 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
                 after.get(name, lambda: None)()
             diffs = {name: float((out - outs["hf"]).abs().max()) for name, out in outs.items() if name != "hf"}
             scale = float(outs["hf"].abs().max())
-            for name, d in diffs.items():
-                if not d < PARITY_TOL:
-                    raise SystemExit(f"{case}: logit mismatch {name} vs HF eager: {d:.3g} >= {PARITY_TOL}")
+            if not diffs["ours"] < PARITY_TOL:
+                raise SystemExit(f"{case}: logit mismatch ours vs HF eager: {diffs['ours']:.3g} >= {PARITY_TOL}")
+            if "hf_onnx" in diffs and not diffs["hf_onnx"] < PARITY_TOL:
+                # not fatal: HF's graph is not deterministic at 2 threads (see repeatability()); timed all the same
+                print(f"  WARNING {case}: hf_onnx vs HF eager {diffs['hf_onnx']:.3g} >= {PARITY_TOL}", flush=True)
             reps = reps_arg or (5 if quick else DEFAULT_REPS[case])
             warmup = 1 if quick else max(2, reps // 10)
             quiet = wait_quiet(quiet_s) if quiet_s > 0 else None
@@ -463,9 +506,7 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
                   flush=True)
         result["cases"] = rows
     result["rss_in_timing_process_gib"] = proc_status()["VmRSS"] / GiB
-    del ours, hf, hf_onnx, cases, decode_fns
-    gc.collect()
-    return result
+    return result  # the models and sessions go with this frame
 
 
 def summarize_profile(path: Path, runs: int) -> dict:
@@ -520,10 +561,7 @@ def phase_profile(work: Path, ckpt_config, ours_path: Path, hf_dir: Path | None,
     if hf_dir is not None:
         out["hf_onnx"] = {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["hf_onnx"]),
                           **summarize_profile_runs(hf_onnx.decode_session.end_profiling(), 1, steps + warmup)}
-        del hf_onnx, hf_prefix
-    del ours, ours_prefix, fns
-    gc.collect()
-    return out
+    return out  # the sessions go with this frame
 
 
 def summarize_profile_runs(path: Path, skip_first: int, runs: int) -> dict:
@@ -580,8 +618,8 @@ def main() -> None:
     try:
         ckpt = work / "checkpoint"
         if not (ckpt / "config.json").is_file():
-            code = ("import sys; sys.path.insert(0, %r); from benchmarks.bench_onnx import _write_checkpoint; "
-                    "_write_checkpoint(%r, %r)" % (str(ROOT), str(ckpt), config_name))
+            code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_onnx import "
+                    f"_write_checkpoint; _write_checkpoint({str(ckpt)!r}, {config_name!r})")
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
             print(f"wrote random checkpoint in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -596,8 +634,9 @@ def main() -> None:
             if (work / "hf_onnx" / "decode.onnx").is_file() and (work / "hf_export.json").is_file():
                 report["hf_export"] = {**json.loads((work / "hf_export.json").read_text()),
                                        "reused_from_earlier_run_in": str(work)}
-                print(f"\nreusing HF export in {work / 'hf_onnx'} (earlier run: {report['hf_export']['seconds']:.1f} s, "
-                      f"peak RSS {report['hf_export']['max_rss_gib']:.2f} GiB)", flush=True)
+                print(f"\nreusing HF export in {work / 'hf_onnx'} (earlier run: "
+                      f"{report['hf_export']['seconds']:.1f} s, peak RSS {report['hf_export']['max_rss_gib']:.2f} GiB)",
+                      flush=True)
                 hf_dir = work / "hf_onnx"
             else:
                 report["hf_export"] = phase_hf_export(work, ckpt, numel)
@@ -610,12 +649,13 @@ def main() -> None:
         report["latency"] = phase_latency(ckpt, work / "ours_fp32" / "model.onnx", hf_dir, config, args.quick,
                                           args.reps, 0 if args.quick else args.wait_quiet)
         report["load_avg_after_timing"] = os.getloadavg()
+        gc.collect()  # the timing process's models and sessions (~12 GiB) go before profiling loads two more
         if args.profile:
             print(f"\n(c) ORT profiler, decode step, {args.profile_steps} steps alternating", flush=True)
             try:
                 report["profile"] = phase_profile(work, config, work / "ours_fp32" / "model.onnx", hf_dir,
                                                   args.profile_steps)
-            except Exception as e:  # the timings above are still worth writing
+            except Exception as e:  # noqa: BLE001 (the timings above are still worth writing)
                 report["profile"] = {}
                 report["profile_error"] = f"{type(e).__name__}: {e}"
                 print(f"  profiling failed: {report['profile_error']}", flush=True)
