@@ -2,7 +2,8 @@
 
 Cases (batch 1, fp32): prefill of S=128 tokens, and one decode step on P=128 cached tokens; for the tiny preset
 and for 8B widths with 2 layers. Each case checks logit parity first, warms up, then times ours and HF
-alternately (ours, hf, ours, hf, ...) so that machine noise hits both alike, and reports medians.
+alternately in one loop (validate/timing.py; ours, hf, then hf, ours, ...: the order rotates every repetition)
+so that machine noise hits both alike, and reports medians and the median of back-to-back pair ratios.
 
     python benchmarks/bench_eager.py            # full run, writes docs/bench/eager_vs_hf.json
     python benchmarks/bench_eager.py --quick    # smoke run: tiny config, few reps
@@ -11,13 +12,8 @@ alternately (ours, hf, ours, hf, ...) so that machine noise hits both alike, and
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +21,7 @@ import transformers
 
 from jetmoe import JetMoeConfig, JetMoeForCausalLM
 from jetmoe.random_weights import init_random_
+from validate.timing import alternate, paired_ratio, provenance, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "docs" / "bench" / "eager_vs_hf.json"
@@ -96,34 +93,14 @@ def time_case(ours_fn, hf_fn, after_hf, reps: int, warmup: int):
     after_hf()
     if not diff < PARITY_TOL:
         raise SystemExit(f"logit mismatch: max |ours - hf| = {diff:.3g} >= {PARITY_TOL}")
-    for _ in range(warmup):
-        ours_fn(), hf_fn(), after_hf()
-    t_ours, t_hf = [], []
-    for _ in range(reps):  # alternate so slow phases of a shared machine hit both sides
-        t0 = time.perf_counter()
-        ours_fn()
-        t1 = time.perf_counter()
-        hf_fn()
-        t2 = time.perf_counter()
-        after_hf()
-        t_ours.append(t1 - t0)
-        t_hf.append(t2 - t1)
+    # one loop, order rotated every repetition, so slow phases of a shared machine hit both sides
+    times = alternate({"ours": ours_fn, "hf": hf_fn}, reps, warmup, after={"hf": after_hf})
+    t_ours, t_hf = times["ours"], times["hf"]
     med_o, med_h = statistics.median(t_ours), statistics.median(t_hf)
     return {"max_abs_logit_diff": diff, "reps": reps, "warmup": warmup,
             "ours_median_ms": 1e3 * med_o, "hf_median_ms": 1e3 * med_h, "ratio_ours_over_hf": med_o / med_h,
-            # median of per-pair ratios: each pair ran back to back, so slow drift of the machine cancels
-            "paired_ratio_median": statistics.median(o / h for o, h in zip(t_ours, t_hf)),
+            "paired_ratio_median": paired_ratio(t_ours, t_hf),
             "ours_min_ms": 1e3 * min(t_ours), "hf_min_ms": 1e3 * min(t_hf)}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -163,22 +140,17 @@ def main() -> None:
               f"{r['reps']:6d}")
 
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-        "cpu": cpu_model(), "threads": torch.get_num_threads(), "dtype": "float32", "batch": 1,
+        "provenance": provenance(),
+        "threads": torch.get_num_threads(), "dtype": "float32", "batch": 1,
         "prefill_tokens": S, "decode_cached_tokens": P, "hf_attn_implementation": hf_attn,
         "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
-        "timing": "median wall time per forward (perf_counter), ours and HF alternating in one loop; "
-                  "ratio_ours_over_hf = ratio of medians, paired_ratio_median = median of back-to-back pair ratios",
+        "timing": "median wall time per forward (perf_counter), ours and HF alternating in one loop (validate/"
+                  "timing.py alternate: order rotated per repetition); ratio_ours_over_hf = ratio of medians, "
+                  "paired_ratio_median = median of back-to-back pair ratios",
         "results": results,
     }
-    out = args.out or (None if args.quick else OUT_JSON)
-    if out is None:
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    if args.out or not args.quick:  # --quick writes none unless given --out
+        print(f"wrote {write_results(args.out or OUT_JSON, report)}")
 
 
 if __name__ == "__main__":

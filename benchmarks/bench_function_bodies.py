@@ -34,10 +34,8 @@ which other processes use < 0.3 cores, and it records how many cores they kept b
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,8 +51,20 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper
 
 from export.functions import local_functions
-from export.schema import DOMAIN, EXPERT_MAP, EXPERT_REDUCE, OPSET_VERSION
+from export.schema import DOMAIN, node_attributes
 from jetmoe import ops
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, ONNX_OPSET_VERSION
+from validate.timing import (
+    GiB,
+    Growth,
+    alternate,
+    cpu_snapshot,
+    others_cores,
+    proc_status,
+    provenance,
+    wait_quiet,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "docs" / "bench" / "function_bodies.json"
@@ -85,17 +95,17 @@ def build_model(functions: list[onnx.FunctionProto], size: dict, weights: dict[s
                 ) -> onnx.ModelProto:
     """x, expert_idx, gates -> y, through the two jetmoe nodes; weights external (offset, length, shape)."""
     I = size["I"]
-    attrs = EXPERT_MAP.attributes
     nodes = [
-        helper.make_node("expert_map", ["x", "expert_idx", "W1"], ["h"], domain=DOMAIN, **attrs),
+        helper.make_node(EXPERT_MAP.name, ["x", "expert_idx", "W1"], ["h"], domain=DOMAIN,
+                         **node_attributes(EXPERT_MAP)),
         _ints("zero", [0]), _ints("i_split", [I]), _ints("big", [2**62]), _ints("last", [-1]),
         helper.make_node("Slice", ["h", "zero", "i_split", "last"], ["h_gate"]),
         helper.make_node("Sigmoid", ["h_gate"], ["sig"]),
         helper.make_node("Mul", ["h_gate", "sig"], ["silu"]),
         helper.make_node("Slice", ["h", "i_split", "big", "last"], ["h_up"]),
         helper.make_node("Mul", ["silu", "h_up"], ["a"]),
-        helper.make_node("expert_reduce", ["a", "expert_idx", "gates", "W2", "bias"], ["y"], domain=DOMAIN,
-                         **EXPERT_REDUCE.attributes),
+        helper.make_node(EXPERT_REDUCE.name, ["a", "expert_idx", "gates", "W2", "bias"], ["y"], domain=DOMAIN,
+                         **node_attributes(EXPERT_REDUCE)),
     ]
     inits = []
     for name, (offset, length, shape) in weights.items():
@@ -111,15 +121,16 @@ def build_model(functions: list[onnx.FunctionProto], size: dict, weights: dict[s
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", size["D"]])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
-                                                    helper.make_opsetid(DOMAIN, OPSET_VERSION)],
+                                                    helper.make_opsetid(DOMAIN, ONNX_OPSET_VERSION)],
                               functions=functions)
     model.ir_version = 10
     return model
 
 
 def _function(spec, nodes: list[onnx.NodeProto]) -> onnx.FunctionProto:
-    return helper.make_function(DOMAIN, spec.name, list(spec.inputs), list(spec.outputs), nodes,
-                                opset_imports=[helper.make_opsetid("", OPSET)], attributes=list(spec.attributes))
+    return helper.make_function(DOMAIN, spec.name, list(spec.input_names), list(spec.output_names), nodes,
+                                opset_imports=[helper.make_opsetid("", OPSET)],
+                                attributes=list(node_attributes(spec)))
 
 
 # ---- B: Loop over experts, If skipping empty experts (feasibility §2 (d)) ----------------------------------
@@ -327,102 +338,25 @@ def save_preoptimized(path: Path, out: Path) -> None:
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def proc_status() -> dict[str, int]:
-    """VmRSS, VmHWM (peak), RssAnon, RssFile of this process, in bytes."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
 def measure_creation(path: Path) -> dict:
-    """Session creation time and RSS growth (peak during creation, and after) in this process."""
-    import gc
-
-    gc.collect()
-    try:  # reset the peak (VmHWM) to the current RSS, so the peak covers the creation only
-        Path("/proc/self/clear_refs").write_text("5")
-        peak_reset = True
-    except OSError:
-        peak_reset = False
-    before = proc_status()
-    t0 = time.perf_counter()
-    sess = session(path)
-    seconds = time.perf_counter() - t0
+    """Session creation time and RSS growth (peak during creation; after, anon and file-backed) in this process."""
+    with Growth() as g:
+        sess = session(path)
     after = proc_status()
-    GiB = 2**30
-    return {"creation_s": seconds,
-            "rss_growth_gib": (after["VmRSS"] - before["VmRSS"]) / GiB,
-            "rss_anon_growth_gib": (after["RssAnon"] - before["RssAnon"]) / GiB,
-            "rss_file_growth_gib": (after["RssFile"] - before["RssFile"]) / GiB,
-            "peak_growth_gib": (after["VmHWM"] - before["VmRSS"]) / GiB if peak_reset else None,
-            "n_inputs": len(sess.get_inputs())}
+    result = {"creation_s": g.seconds, **{k: v for k, v in g.result.items() if k != "seconds"}}
+    for key, field in (("rss_anon_growth_gib", "RssAnon"), ("rss_file_growth_gib", "RssFile")):
+        result[key] = (after[field] - g.before[field]) / GiB
+    return {**result, "n_inputs": len(sess.get_inputs())}
 
 
 def creation_in_subprocess(path: Path) -> dict:
-    """A fresh interpreter per candidate: no allocator reuse across sessions."""
-    code = (f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); "
-            "from benchmarks.bench_function_bodies import measure_creation; from pathlib import Path; "
-            f"print(json.dumps(measure_creation(Path({str(path)!r}))))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT)
+    """A fresh interpreter per candidate: no allocator reuse across sessions. This file is run with runpy (its
+    main() does not run), so its imports come from the installed packages, as when the script runs."""
+    code = ("import json, runpy; from pathlib import Path; "
+            f"fn = runpy.run_path({__file__!r})['measure_creation']; "
+            f"print(json.dumps(fn(Path({str(path)!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# ---- timing ----------------------------------------------------------------------------------------------
-
-
-def time_alternating(fns: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for rep in range(reps):  # alternate so slow phases of a shared machine hit every candidate
-        for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotated: each follows each
-            time.sleep(COOLDOWN_S)  # let the previous session's spinning threads stop (untimed)
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, CPU s busy on the whole machine, CPU s of this process): for the load others put on the machine."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    own = os.times()
-    return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
-        own.user + own.system
-
-
-def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
-    """Average number of cores that other processes kept busy between two snapshots."""
-    wall = after[0] - before[0]
-    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall if wall > 0 else 0.0
-
-
-def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 3.0) -> dict:
-    """Wait (up to max_wait_s) for a window in which other processes use < threshold cores on average."""
-    t0 = time.monotonic()
-    while True:
-        a = cpu_snapshot()
-        time.sleep(window_s)
-        load = others_cores(a, cpu_snapshot())
-        waited = time.monotonic() - t0
-        if load < threshold or waited >= max_wait_s:
-            return {"waited_s": waited, "others_cores_last_window": load, "quiet": load < threshold}
 
 
 def main() -> None:
@@ -443,7 +377,7 @@ def main() -> None:
     load_before = os.getloadavg()
     weights = make_weights(size)
     weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
-    print(f"one MoE layer, {size_name}: {size}, fp32, weights {weight_bytes / 2**30:.3f} GiB, "
+    print(f"one MoE layer, {size_name}: {size}, fp32, weights {weight_bytes / GiB:.3f} GiB, "
           f"ORT {ort.__version__} CPU, {THREADS} threads", flush=True)
 
     results = {"creation": {}, "cases": []}
@@ -493,7 +427,7 @@ def main() -> None:
                 warmup = 1 if args.quick else 2
                 quiet = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 and not args.quick else None
                 snap = cpu_snapshot()
-                times = time_alternating(fns, reps, warmup)
+                times = alternate(fns, reps, warmup, cooldown_s=COOLDOWN_S)  # rotated order, untimed pauses
                 others = others_cores(snap, cpu_snapshot())
                 med = {name: statistics.median(t) for name, t in times.items()}
                 experts_used = int(np.unique(feeds["expert_idx"]).size)
@@ -517,7 +451,7 @@ def main() -> None:
                                             for c in results["cases"]) + f"{'create s':>10s}{'RSS+ GiB':>10s}" \
         f"{'peak+ GiB':>11s}"
     print(f"\nmedians, one MoE layer ({size_name}: D={size['D']} I={size['I']} E={size['E']} K={size['K']}), fp32, "
-          f"ORT CPU {THREADS} threads; weights {weight_bytes / 2**30:.2f} GiB\n{header}")
+          f"ORT CPU {THREADS} threads; weights {weight_bytes / GiB:.2f} GiB\n{header}")
     for name in (*CANDIDATES, "A_ours_preopt", *([] if args.no_eager else ["eager_torch"])):
         row = f"{name:13s}"
         for c in results["cases"]:
@@ -531,10 +465,8 @@ def main() -> None:
         print(row)
 
     report = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]),
-        "torch": torch.__version__, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
-        "python": platform.python_version(), "cpu": cpu_model(), "threads": THREADS, "dtype": "float32",
+        "provenance": provenance(),
+        "threads": THREADS, "dtype": "float32",
         "opset": OPSET, "size": {"name": size_name, **size}, "weight_bytes": weight_bytes,
         "loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": os.getloadavg(),
         "candidates": {"A_ours": "export.functions.local_functions (unrolled per expert, Gather(W, const e))",
@@ -545,18 +477,15 @@ def main() -> None:
                        "A_ours_preopt": "A after ORT's basic-level optimizations run once and saved "
                                         "(optimized_model_filepath, external initializers): a deployment variant",
                        "eager_torch": "jetmoe.ops eager (reference, torch CPU)"},
-        "timing": "median wall time per session.run (perf_counter), candidates alternating in one loop (order "
-                  "rotated per repetition, untimed 0.1 s pause before each call); ratio_to_A = ratio of medians",
+        "timing": "median wall time per session.run (perf_counter), candidates alternating in one loop (validate/"
+                  "timing.py alternate: order rotated per repetition, untimed 0.1 s pause before each call); "
+                  "ratio_to_A = ratio of medians",
         "memory": "session creation in a fresh process per candidate: RSS growth after creation and peak "
                   "(VmHWM reset through /proc/self/clear_refs) minus RSS before; GiB",
         **results,
     }
-    out = args.out or (None if args.quick else OUT_JSON)
-    if out is None:
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    if args.out or not args.quick:  # --quick writes none unless given --out
+        print(f"wrote {write_results(args.out or OUT_JSON, report)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ At 8B widths with 2 layers, on random weights written once (`write_random_checkp
     (target <= 1.5). The RSS of a process that only imports the exporter's modules is reported alongside.
 (b) latency, batch 1, fp32, 2 threads, one process: a decode step on P=128 cached tokens (the prefix cache is
     built once and reused by every step) and a prefill of S=128 tokens, for
-      ours     our fp32 export in ONNX Runtime CPU through `export.onnx_runtime.OnnxModel` (threads=2)
+      ours     our fp32 export in ONNX Runtime CPU through `export.onnx_runtime.OnnxrtRunner` (threads=2)
       hf       HF eager `transformers.JetMoeForCausalLM.from_pretrained(CKPT, dtype=float32)` (default attention)
       hf_onnx  HF's `transformers.exporters.OnnxExporter().export_for_generation(...)` (exported in a fresh
                process from the same checkpoint), prefill.onnx and decode.onnx in ONNX Runtime CPU, 2 threads
@@ -15,8 +15,8 @@ At 8B widths with 2 layers, on random weights written once (`write_random_checkp
     check that it is deterministic. HF's graph is not at 2 threads (it is at 1): its index_add becomes
     ScatterND(reduction="add") with duplicate indices, which ORT's CPU kernel runs in parallel without
     synchronisation (microsoft/onnxruntime#18048), so its mismatches are reported, not fatal. Then the three run
-    alternately (ours, hf, hf_onnx, ...) after warm-up, and the medians and our ratio to each are reported
-    (target: our decode step faster than both).
+    alternately in one loop (validate/timing.py) after warm-up, and the medians and our ratio to each are
+    reported (target: our decode step faster than both).
     Each timed call starts after an untimed 0.1 s pause (ORT's threads spin ~40-50 ms after a run and would
     otherwise slow whatever runs next) and the order rotates every repetition.
     Session creation time and RSS growth are reported per ORT model. As a diagnostic of interference between
@@ -34,11 +34,9 @@ At 8B widths with 2 layers, on random weights written once (`write_random_checkp
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -50,6 +48,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from validate.timing import (
+    GiB,
+    Growth,
+    alternate,
+    cpu_snapshot,
+    others_cores,
+    paired_ratio,
+    proc_status,
+    provenance,
+    run_measured,
+    wait_quiet,
+    write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "docs" / "bench" / "onnx.json"
@@ -64,7 +76,6 @@ CONFIGS = {
 }
 DEFAULT_REPS = {"decode": 40, "prefill": 10}
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-GiB = 2**30
 # ONNX Runtime's worker threads spin ~40-50 ms of one core after every run (allow_spinning defaults to on): on
 # 2 cores, whatever runs next loses half the machine. An untimed pause before each timed call keeps every
 # runtime at its defaults while stopping that cross-talk.
@@ -81,55 +92,6 @@ def make_config(name: str):
     return JetMoeConfig.from_preset(spec) if isinstance(spec, str) else JetMoeConfig(**spec)
 
 
-def proc_status() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-class Creation:
-    """Wall time and RSS growth (after, and peak during) of what runs inside the block, in this process."""
-
-    def __enter__(self):
-        gc.collect()
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.peak_reset = True
-        except OSError:
-            self.peak_reset = False
-        self.before = proc_status()
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.t0
-        after = proc_status()
-        self.result = {"seconds": self.seconds, "rss_growth_gib": (after["VmRSS"] - self.before["VmRSS"]) / GiB,
-                       "rss_anon_growth_gib": (after["RssAnon"] - self.before["RssAnon"]) / GiB,
-                       "rss_file_growth_gib": (after["RssFile"] - self.before["RssFile"]) / GiB,
-                       "peak_growth_gib": (after["VmHWM"] - self.before["VmRSS"]) / GiB if self.peak_reset else None,
-                       "rss_after_gib": after["VmRSS"] / GiB}
-        return False
-
-
-def time_v(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run cmd under /usr/bin/time -v; wall seconds, peak RSS, exit status; stderr kept in `log`."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], cwd=ROOT, capture_output=True, text=True, env=env,
-                          check=False)
-    seconds = time.perf_counter() - t0
-    log.write_text(proc.stdout + "\n----- stderr -----\n" + proc.stderr)
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", proc.stderr)
-    return {"command": " ".join(cmd), "returncode": proc.returncode, "seconds": seconds,
-            "time_v_elapsed": wall.group(1) if wall else None,
-            "max_rss_gib": int(m.group(1)) * 1024 / GiB if m else None,
-            "stderr_tail": proc.stderr[-3000:] if proc.returncode else None}
-
-
 def checkpoint_numel(ckpt: Path) -> int:
     """Number of weight elements in the checkpoint, from the safetensors headers (no tensor is read)."""
     total = 0
@@ -141,69 +103,15 @@ def checkpoint_numel(ckpt: Path) -> int:
     return total
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# ---- fresh processes: writing the checkpoint, HF's export ------------------------------------------------------
 
 
-def cpu_snapshot() -> tuple[float, float, float]:
-    """(wall s, CPU s busy on the whole machine, CPU s of this process): for the load others put on the machine."""
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    own = os.times()
-    return time.monotonic(), (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"), \
-        own.user + own.system
-
-
-def others_cores(before: tuple[float, float, float], after: tuple[float, float, float]) -> float:
-    """Average number of cores that other processes kept busy between two snapshots."""
-    wall = after[0] - before[0]
-    return max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall if wall > 0 else 0.0
-
-
-def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 3.0) -> dict:
-    """Wait (up to max_wait_s) for a window in which other processes use < threshold cores on average."""
-    t0 = time.monotonic()
-    while True:
-        a = cpu_snapshot()
-        time.sleep(window_s)
-        load = others_cores(a, cpu_snapshot())
-        waited = time.monotonic() - t0
-        if load < threshold or waited >= max_wait_s:
-            return {"waited_s": waited, "others_cores_last_window": load, "quiet": load < threshold}
-
-
-def git_state() -> dict:
-    def git(*args):
-        r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    return {"head": git("rev-parse", "HEAD"), "dirty": (git("status", "--short") or "").splitlines()}
-
-
-def versions() -> dict:
-    import onnx
-    import onnxruntime
-    import onnxscript
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "onnx": onnx.__version__,
-            "onnxscript": onnxscript.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
-# ---- subprocess entry points (fresh processes for writing the checkpoint and for HF's export) -----------------
-
-
-def _write_checkpoint(ckpt: str, config_name: str) -> None:
-    from jetmoe.random_weights import write_random_checkpoint
-
-    write_random_checkpoint(ckpt, make_config(config_name), seed=0)
+def write_checkpoint(ckpt: Path, config) -> None:
+    """Random weights (seed 0), written by a fresh process so that its model does not stay in this one."""
+    code = ("import json, sys; from jetmoe import JetMoeConfig; from jetmoe.random_weights import "
+            "write_random_checkpoint; write_random_checkpoint(sys.argv[1], JetMoeConfig.from_dict("
+            "json.loads(sys.argv[2])), seed=0)")
+    subprocess.run([sys.executable, "-c", code, str(ckpt), json.dumps(config.to_dict())], check=True)
 
 
 def _hf_export(ckpt: str, out: str) -> None:
@@ -247,12 +155,12 @@ class HfOnnx:
         self.creation = {}
         self.prefill_session = None
         if load_prefill:
-            with Creation() as c:
+            with Growth() as g:
                 self.prefill_session = ort_session(folder / "prefill.onnx")
-            self.creation["prefill.onnx"] = c.result
-        with Creation() as c:
+            self.creation["prefill.onnx"] = g.result
+        with Growth() as g:
             self.decode_session = ort_session(folder / "decode.onnx", profile_prefix)
-        self.creation["decode.onnx"] = c.result
+        self.creation["decode.onnx"] = g.result
         self.decode_inputs = [i.name for i in self.decode_session.get_inputs()]
         self.decode_outputs = [o.name for o in self.decode_session.get_outputs()]
         self.cache_in = [n for n in self.decode_inputs if "cache" in n]
@@ -284,22 +192,18 @@ class HfOnnx:
 
     def decode(self, ids: torch.Tensor, positions: torch.Tensor, cache: list):
         feeds = self._ids(ids, positions)
-        feeds.update(zip(self.cache_in, cache))
+        feeds.update(zip(self.cache_in, cache, strict=True))
         values = self.decode_session.run_with_ort_values(["logits", *self.cache_out], feeds)
         return torch.from_numpy(values[0].numpy()[:, -1]).float(), list(values[1:])
 
 
-def repeatability(ours, hf, hf_onnx, prompt, positions, config, runs: int) -> dict:
+def repeatability(ours, hf, hf_onnx, prefill_feeds: dict, runs: int) -> dict:
     """The same prefill `runs` times through each ONNX model: all outputs (logits at every position, KV cache)
     compared bitwise with the first run, and the logits at every position with HF eager's."""
-    reference = hf(prompt, use_cache=False).logits[0].float().numpy()
-    empty = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels), np.float32)
-    ours_feeds = {"input_ids": prompt.numpy().astype(np.int64), "position_ids": positions.numpy().astype(np.int64),
-                  "attention_mask": np.ones(prompt.shape, np.int64),
-                  **{n: empty for pair in ours.names.past for n in pair}}
-    models = {"ours": lambda: list(ours.run(ours_feeds).values())}
+    reference = hf(prefill_feeds["input_ids"], use_cache=False).logits[0].float().numpy()
+    models = {"ours": lambda: [t.numpy() for t in ours.infer(prefill_feeds).values()]}  # logits first
     if hf_onnx is not None:
-        hf_feeds = {"input_ids": ours_feeds["input_ids"], "position_ids": ours_feeds["position_ids"]}
+        hf_feeds = {k: prefill_feeds[k].numpy() for k in ("input_ids", "position_ids")}
         models["hf_onnx"] = lambda: hf_onnx.prefill_session.run(None, hf_feeds)  # logits first, then the cache
     out = {}
     for name, run in models.items():
@@ -307,46 +211,13 @@ def repeatability(ours, hf, hf_onnx, prompt, positions, config, runs: int) -> di
         differing, vs_first, vs_eager = 0, 0.0, float(np.abs(first[0][0] - reference).max())
         for _ in range(runs - 1):
             outputs = run()
-            if any(not np.array_equal(a, b) for a, b in zip(outputs, first)):
+            if any(not np.array_equal(a, b) for a, b in zip(outputs, first, strict=True)):
                 differing += 1
-            vs_first = max(vs_first, *(float(np.abs(a - b).max()) for a, b in zip(outputs, first)))
+            vs_first = max(vs_first, *(float(np.abs(a - b).max()) for a, b in zip(outputs, first, strict=True)))
             vs_eager = max(vs_eager, float(np.abs(outputs[0][0] - reference).max()))
         out[name] = {"runs": runs, "runs_differing_from_first": differing, "max_abs_output_diff_vs_first_run": vs_first,
                      "max_abs_all_logits_diff_vs_hf_eager": vs_eager}
     return out
-
-
-def time_blocks(fns: dict, after: dict, reps: int) -> dict[str, list[float]]:
-    """Diagnostic: each side alone, `reps` calls after one warm-up call (no other runtime between)."""
-    times = {}
-    for name, fn in fns.items():
-        fn()
-        after.get(name, lambda: None)()
-        times[name] = []
-        for _ in range(reps):
-            time.sleep(COOLDOWN_S)
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-            after.get(name, lambda: None)()
-    return times
-
-
-def time_alternating(fns: dict, after: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    for _ in range(warmup):
-        for name, fn in fns.items():
-            fn()
-            after.get(name, lambda: None)()
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for rep in range(reps):  # alternate so slow phases of a shared machine hit every side alike
-        for name in names[rep % len(names):] + names[:rep % len(names)]:  # rotated: each follows each
-            time.sleep(COOLDOWN_S)  # let the previous runtime's spinning threads stop (untimed)
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-            after.get(name, lambda: None)()
-    return times
 
 
 # ---- phases ----------------------------------------------------------------------------------------------------
@@ -354,15 +225,16 @@ def time_alternating(fns: dict, after: dict, reps: int, warmup: int) -> dict[str
 
 def phase_export(work: Path, ckpt: Path, dtypes: list[str], numel: int) -> dict:
     results = {}
-    baseline = time_v([sys.executable, "-c", "import export.exporter, onnxscript, torch.onnx"],
-                      work / "baseline.log")
+    baseline = run_measured([sys.executable, "-c", "import export.exporter, onnxscript, torch.onnx"],
+                            work / "baseline.log")
     results["import_baseline"] = baseline
     print(f"\n(a) export, fresh process each, /usr/bin/time -v; weights {numel / 1e6:.1f} M params; "
           f"import-only process peak {baseline['max_rss_gib']:.2f} GiB", flush=True)
     for dtype in dtypes:
         out = work / f"ours_{dtype}"
         shutil.rmtree(out, ignore_errors=True)
-        r = time_v(["jetmoe", "export", str(ckpt), "-o", str(out), "--dtype", dtype], work / f"export_{dtype}.log")
+        r = run_measured(["jetmoe", "export", str(ckpt), "-o", str(out), "--dtype", dtype],
+                         work / f"export_{dtype}.log")
         weight_bytes = numel * DTYPE_BYTES[dtype]
         r.update({"dtype": dtype, "weight_bytes": weight_bytes,
                   "data_file_bytes": (out / "model.onnx.data").stat().st_size if r["returncode"] == 0 else None})
@@ -384,9 +256,9 @@ def phase_export(work: Path, ckpt: Path, dtypes: list[str], numel: int) -> dict:
 def phase_hf_export(work: Path, ckpt: Path, numel: int) -> dict:
     out = work / "hf_onnx"
     shutil.rmtree(out, ignore_errors=True)
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_onnx import _hf_export; "
-            f"_hf_export({str(ckpt)!r}, {str(out)!r})")
-    r = time_v([sys.executable, "-c", code], work / "hf_export.log")
+    # this file through runpy (its main() does not run): its imports come from the installed packages
+    code = f"import runpy; runpy.run_path({__file__!r})['_hf_export']({str(ckpt)!r}, {str(out)!r})"
+    r = run_measured([sys.executable, "-c", code], work / "hf_export.log")
     if r["returncode"] == 0:
         log = (work / "hf_export.log").read_text().split("----- stderr -----")[0]
         r.update(json.loads([line for line in log.splitlines() if line.startswith("{")][-1]))
@@ -400,20 +272,34 @@ def phase_hf_export(work: Path, ckpt: Path, numel: int) -> dict:
     return r
 
 
+def ours_feeds(ours, config) -> tuple[dict, dict]:
+    """Our prefill feeds (S prompt tokens, empty cache) and decode feeds (one token on the prompt's P cached tokens,
+    from one prefill run here: a runner never changes a cache it returned, so every timed step reuses it)."""
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(config.vocab_size, (1, S), generator=gen)
+    step = torch.randint(config.vocab_size, (1, 1), generator=gen)
+    prefill = {"input_ids": prompt, "attention_mask": torch.ones(1, S, dtype=torch.long),
+               "position_ids": torch.arange(S)[None], **ours.empty_past(1)}
+    decode = {"input_ids": step, "attention_mask": torch.ones(1, P + 1, dtype=torch.long),
+              "position_ids": torch.tensor([[P]]), **ours.carry_past(ours.infer(prefill))}
+    return prefill, decode
+
+
 def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quick: bool, reps_arg,
                   quiet_s: float) -> dict:
     import transformers
 
-    from export.onnx_runtime import OnnxModel
+    from export.onnx_runtime import OnnxrtRunner
 
     result = {"creation": {}}
-    with Creation() as c:
+    with Growth() as g:
         hf = transformers.JetMoeForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    result["creation"]["hf_eager_from_pretrained"] = c.result
+    result["creation"]["hf_eager_from_pretrained"] = g.result
     result["hf_attn_implementation"] = hf.config._attn_implementation
-    with Creation() as c:
-        ours = OnnxModel(ours_path, threads=THREADS)
-    result["creation"]["ours"] = c.result
+    ours = OnnxrtRunner(ours_path, provider="cpu", threads=THREADS)
+    with Growth() as g:
+        ours.activate()  # the session is created here; `with ours` below releases it
+    result["creation"]["ours"] = g.result
     hf_onnx = None
     if hf_dir is not None:
         hf_onnx = HfOnnx(hf_dir)
@@ -423,17 +309,12 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
         f"{k} {v['seconds']:.1f} s RSS +{v['rss_growth_gib']:.2f} GiB (peak +{v['peak_growth_gib'] or 0:.2f})"
         for k, v in result["creation"].items()), flush=True)
 
-    gen = torch.Generator().manual_seed(1)
-    prompt = torch.randint(config.vocab_size, (1, S), generator=gen)
-    step = torch.randint(config.vocab_size, (1, 1), generator=gen)
-    prompt_pos = torch.arange(S)[None]
-    step_pos = torch.tensor([[P]])
-    mask_prefill = torch.ones(1, S, dtype=torch.long)
-    mask_decode = torch.ones(1, P + 1, dtype=torch.long)
-
     cases = {}
-    with torch.inference_mode():
-        result["repeatability"] = repeatability(ours, hf, hf_onnx, prompt, prompt_pos, config, runs=2 if quick else 8)
+    with ours, torch.inference_mode():
+        prefill, decode = ours_feeds(ours, config)
+        prompt, prompt_pos = prefill["input_ids"], prefill["position_ids"]
+        step, step_pos = decode["input_ids"], decode["position_ids"]
+        result["repeatability"] = repeatability(ours, hf, hf_onnx, prefill, runs=2 if quick else 8)
         for name, r in result["repeatability"].items():
             print(f"  repeatability, prefill {S} tokens x {r['runs']}: {name}: {r['runs_differing_from_first']} runs "
                   f"not bitwise equal to the first; all-position logits vs HF eager up to "
@@ -441,79 +322,110 @@ def phase_latency(ckpt: Path, ours_path: Path, hf_dir: Path | None, config, quic
                   f"{r['max_abs_output_diff_vs_first_run']:.2e}", flush=True)
         # prefill: each side builds a fresh cache, as generation does
         cases["prefill"] = (
-            {"ours": lambda: ours(prompt, mask_prefill, prompt_pos, None)[0],
+            {"ours": lambda: ours.infer(prefill)["logits"][:, -1],
              "hf": lambda: hf(prompt, use_cache=True).logits[:, -1],
              **({"hf_onnx": lambda: hf_onnx.prefill(prompt, prompt_pos)[0]} if hf_onnx else {})},
             {})
-        # decode: one token on the same P-token prefix each time; ORT presents are new OrtValues (the prefix is
+        # decode: one token on the same P-token prefix each time; ORT presents are new tensors (the prefix is
         # untouched); HF's DynamicCache grows in place, so crop(-1) (untimed) drops the step's token again
-        _, ours_prefix = ours(prompt, mask_prefill, prompt_pos, None)
         hf_cache = hf(prompt, use_cache=True).cache
         assert hf_cache.get_seq_length() == P
-        decode_fns = {"ours": lambda: ours(step, mask_decode, step_pos, ours_prefix)[0],
+        decode_fns = {"ours": lambda: ours.infer(decode)["logits"][:, -1],
                       "hf": lambda: hf(step, cache=hf_cache, use_cache=True).logits[:, -1]}
         if hf_onnx:
             _, hf_onnx_prefix = hf_onnx.prefill(prompt, prompt_pos)
             decode_fns["hf_onnx"] = lambda: hf_onnx.decode(step, step_pos, hf_onnx_prefix)[0]
         cases["decode"] = (decode_fns, {"hf": lambda: hf_cache.crop(-1)})
-
-        rows = []
-        for case in ("decode", "prefill"):
-            fns, after = cases[case]
-            outs = {}
-            for name, fn in fns.items():
-                outs[name] = fn().float()
-                after.get(name, lambda: None)()
-            diffs = {name: float((out - outs["hf"]).abs().max()) for name, out in outs.items() if name != "hf"}
-            scale = float(outs["hf"].abs().max())
-            if not diffs["ours"] < PARITY_TOL:
-                raise SystemExit(f"{case}: logit mismatch ours vs HF eager: {diffs['ours']:.3g} >= {PARITY_TOL}")
-            if "hf_onnx" in diffs and not diffs["hf_onnx"] < PARITY_TOL:
-                # not fatal: HF's graph is not deterministic at 2 threads (see repeatability()); timed all the same
-                print(f"  WARNING {case}: hf_onnx vs HF eager {diffs['hf_onnx']:.3g} >= {PARITY_TOL}", flush=True)
-            reps = reps_arg or (5 if quick else DEFAULT_REPS[case])
-            warmup = 1 if quick else max(2, reps // 10)
-            quiet = wait_quiet(quiet_s) if quiet_s > 0 else None
-            snap = cpu_snapshot()
-            times = time_alternating(fns, after, reps, warmup)
-            others = others_cores(snap, cpu_snapshot())
-            med = {k: statistics.median(v) for k, v in times.items()}
-            row = {"case": case, "reps": reps, "warmup": warmup, "max_abs_logit": scale,
-                   "quiet_wait": quiet, "others_cores_during_timing": others,
-                   "max_abs_logit_diff_vs_hf_eager": diffs,
-                   "median_ms": {k: 1e3 * v for k, v in med.items()},
-                   "min_ms": {k: 1e3 * min(v) for k, v in times.items()},
-                   "ratio_ours_over": {k: med["ours"] / v for k, v in med.items() if k != "ours"},
-                   "paired_ratio_median_ours_over": {
-                       k: statistics.median(o / x for o, x in zip(times["ours"], times[k]))
-                       for k in times if k != "ours"}}
-            snap = cpu_snapshot()
-            blocks = time_blocks(fns, after, max(3, reps // 2))
-            bmed = {k: statistics.median(v) for k, v in blocks.items()}
-            row["blocks_diagnostic"] = {"reps": max(3, reps // 2), "others_cores": others_cores(snap, cpu_snapshot()),
-                                        "median_ms": {k: 1e3 * v for k, v in bmed.items()},
-                                        "ratio_ours_over": {k: bmed["ours"] / v for k, v in bmed.items()
-                                                            if k != "ours"}}
-            rows.append(row)
-            print(f"  {case:8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in row["median_ms"].items()) + "  | ours/"
-                  + "  ours/".join(f"{k} {v:.3f}" for k, v in row["ratio_ours_over"].items())
-                  + f"  (diff {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())}; |logit| max {scale:.1f}; "
-                  f"{reps} reps; other processes kept {others:.2f} cores busy)", flush=True)
-            b = row["blocks_diagnostic"]
-            print(f"  {'':8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in b["median_ms"].items()) + "  | ours/"
-                  + "  ours/".join(f"{k} {v:.3f}" for k, v in b["ratio_ours_over"].items())
-                  + f"  (diagnostic: each side alone, {b['reps']} reps; others {b['others_cores']:.2f} cores)",
-                  flush=True)
-        result["cases"] = rows
+        result["cases"] = [time_case(case, *cases[case], reps_arg or (5 if quick else DEFAULT_REPS[case]), quick,
+                                     quiet_s) for case in ("decode", "prefill")]
     result["rss_in_timing_process_gib"] = proc_status()["VmRSS"] / GiB
     return result  # the models and sessions go with this frame
 
 
-def summarize_profile(path: Path, runs: int) -> dict:
+def time_case(case: str, fns: dict, after: dict, reps: int, quick: bool, quiet_s: float) -> dict:
+    """Logits against HF eager, then the sides alternating (the result) and each side alone (a diagnostic)."""
+    outs = {}
+    for name, fn in fns.items():
+        outs[name] = fn().float()
+        after.get(name, lambda: None)()
+    diffs = {name: float((out - outs["hf"]).abs().max()) for name, out in outs.items() if name != "hf"}
+    scale = float(outs["hf"].abs().max())
+    if not diffs["ours"] < PARITY_TOL:
+        raise SystemExit(f"{case}: logit mismatch ours vs HF eager: {diffs['ours']:.3g} >= {PARITY_TOL}")
+    if "hf_onnx" in diffs and not diffs["hf_onnx"] < PARITY_TOL:
+        # not fatal: HF's graph is not deterministic at 2 threads (see repeatability()); timed all the same
+        print(f"  WARNING {case}: hf_onnx vs HF eager {diffs['hf_onnx']:.3g} >= {PARITY_TOL}", flush=True)
+    warmup = 1 if quick else max(2, reps // 10)
+    quiet = wait_quiet(quiet_s) if quiet_s > 0 else None
+    snap = cpu_snapshot()
+    times = alternate(fns, reps, warmup, after=after, cooldown_s=COOLDOWN_S)
+    others = others_cores(snap, cpu_snapshot())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {"case": case, "reps": reps, "warmup": warmup, "max_abs_logit": scale,
+           "quiet_wait": quiet, "others_cores_during_timing": others,
+           "max_abs_logit_diff_vs_hf_eager": diffs,
+           "median_ms": {k: 1e3 * v for k, v in med.items()},
+           "min_ms": {k: 1e3 * min(v) for k, v in times.items()},
+           "ratio_ours_over": {k: med["ours"] / v for k, v in med.items() if k != "ours"},
+           "paired_ratio_median_ours_over": {k: paired_ratio(times["ours"], times[k]) for k in times if k != "ours"}}
+    block_reps = max(3, reps // 2)
+    snap = cpu_snapshot()
+    bmed = {name: statistics.median(alternate({name: fn}, block_reps, 1, after=after, cooldown_s=COOLDOWN_S)[name])
+            for name, fn in fns.items()}
+    row["blocks_diagnostic"] = {"reps": block_reps, "others_cores": others_cores(snap, cpu_snapshot()),
+                                "median_ms": {k: 1e3 * v for k, v in bmed.items()},
+                                "ratio_ours_over": {k: bmed["ours"] / v for k, v in bmed.items() if k != "ours"}}
+    print(f"  {case:8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in row["median_ms"].items()) + "  | ours/"
+          + "  ours/".join(f"{k} {v:.3f}" for k, v in row["ratio_ours_over"].items())
+          + f"  (diff {', '.join(f'{k} {v:.1e}' for k, v in diffs.items())}; |logit| max {scale:.1f}; "
+          f"{reps} reps; other processes kept {others:.2f} cores busy)", flush=True)
+    b = row["blocks_diagnostic"]
+    print(f"  {'':8s} " + "  ".join(f"{k} {v:9.2f} ms" for k, v in b["median_ms"].items()) + "  | ours/"
+          + "  ours/".join(f"{k} {v:.3f}" for k, v in b["ratio_ours_over"].items())
+          + f"  (diagnostic: each side alone, {b['reps']} reps; others {b['others_cores']:.2f} cores)", flush=True)
+    return row
+
+
+def phase_profile(work: Path, config, ours_path: Path, hf_dir: Path | None, steps: int) -> dict:
+    """ORT profiler on the decode step (P cached tokens) of ours and hf_onnx, steps alternating (with the pause)."""
+    import onnxruntime as ort
+
+    from export.onnx_runtime import OnnxrtRunner
+
+    with OnnxrtRunner(ours_path, provider="cpu", threads=THREADS) as ours:
+        # ours: the runner with a profiling session in place of its own (same options otherwise); the prefix run
+        # goes through the plain session, so the profile holds decode steps only
+        prefill, decode = ours_feeds(ours, config)
+        ours.session = ort_session(ours_path, str(work / "profile_ours"))
+        fns = {"ours": lambda: ours.infer(decode)}
+        if hf_dir is not None:
+            # hf_onnx: decode.onnx only; its prefix through decode.onnx on an empty cache (multi-token decode),
+            # which is the first run in its profile and is dropped below
+            hf_onnx = HfOnnx(hf_dir, load_prefill=False, profile_prefix=str(work / "profile_hf_onnx"))
+            empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, config.num_key_value_heads, 0, config.kv_channels),
+                                                              np.float32))
+            _, hf_prefix = hf_onnx.decode(prefill["input_ids"], prefill["position_ids"],
+                                          [empty] * len(hf_onnx.cache_in))
+            fns["hf_onnx"] = lambda: hf_onnx.decode(decode["input_ids"], decode["position_ids"], hf_prefix)
+        warmup = 2
+        times = alternate(fns, steps, warmup, cooldown_s=COOLDOWN_S)
+        out = {"ours": {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["ours"]),
+                        **summarize_profile(ours.session.end_profiling(), 0, steps + warmup)}}
+    if hf_dir is not None:
+        out["hf_onnx"] = {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["hf_onnx"]),
+                          **summarize_profile(hf_onnx.decode_session.end_profiling(), 1, steps + warmup)}
+    return out  # the sessions go with this frame
+
+
+def summarize_profile(path: str, skip_first: int, runs: int) -> dict:
+    """Kernel time per run (ms), by op type and top nodes, from an ORT profile; its first `skip_first` model runs
+    dropped."""
     events = json.loads(Path(path).read_text())
+    run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    cut = run_starts[skip_first] if len(run_starts) > skip_first else 0
     by_op, by_node, total = {}, {}, 0.0
     for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e.get("ts", 0) < cut:
             continue
         dur = e["dur"] / 1e3 / runs  # ms per run
         op = e.get("args", {}).get("op_name", "?")
@@ -526,54 +438,6 @@ def summarize_profile(path: Path, runs: int) -> dict:
     return {"kernel_ms_per_step": total,
             "by_op_type_ms": [{"op": k, "ms": v, "share": v / total} for k, v in top_ops],
             "top_nodes_ms": [{"node": k, "op": op, "ms": v} for k, (op, v) in top_nodes]}
-
-
-def phase_profile(work: Path, ckpt_config, ours_path: Path, hf_dir: Path | None, steps: int) -> dict:
-    """ORT profiler on the decode step (P cached tokens) of ours and hf_onnx, steps alternating (with the pause)."""
-    import onnxruntime as ort
-
-    from export.onnx_runtime import OnnxModel
-
-    gen = torch.Generator().manual_seed(1)
-    prompt = torch.randint(ckpt_config.vocab_size, (1, S), generator=gen)
-    step = torch.randint(ckpt_config.vocab_size, (1, 1), generator=gen)
-    prompt_pos, step_pos = torch.arange(S)[None], torch.tensor([[P]])
-    mask = torch.ones(1, P + 1, dtype=torch.long)
-
-    # ours: OnnxModel with a profiling session in place of its own (same options otherwise); the prefix run
-    # goes through the plain session, so the profile holds decode steps only
-    ours = OnnxModel(ours_path, threads=THREADS)
-    _, ours_prefix = ours(prompt, torch.ones(1, S, dtype=torch.long), prompt_pos, None)
-    ours.session = ort_session(ours_path, str(work / "profile_ours"))
-    fns = {"ours": lambda: ours(step, mask, step_pos, ours_prefix)}
-    if hf_dir is not None:
-        # hf_onnx: decode.onnx only; its prefix through decode.onnx on an empty cache (multi-token decode), which
-        # is the first run in its profile and is dropped below
-        hf_onnx = HfOnnx(hf_dir, load_prefill=False, profile_prefix=str(work / "profile_hf_onnx"))
-        empty = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, ckpt_config.num_key_value_heads, 0,
-                                                           ckpt_config.kv_channels), np.float32))
-        _, hf_prefix = hf_onnx.decode(prompt, prompt_pos, [empty] * len(hf_onnx.cache_in))
-        fns["hf_onnx"] = lambda: hf_onnx.decode(step, step_pos, hf_prefix)
-    warmup = 2
-    times = time_alternating(fns, {}, steps, warmup)
-    out = {"ours": {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["ours"]),
-                    **summarize_profile_runs(ours.session.end_profiling(), 0, steps + warmup)}}
-    if hf_dir is not None:
-        out["hf_onnx"] = {"wall_ms_per_step_profiled": 1e3 * statistics.median(times["hf_onnx"]),
-                          **summarize_profile_runs(hf_onnx.decode_session.end_profiling(), 1, steps + warmup)}
-    return out  # the sessions go with this frame
-
-
-def summarize_profile_runs(path: Path, skip_first: int, runs: int) -> dict:
-    """Like summarize_profile, dropping the first `skip_first` model runs of the trace."""
-    events = json.loads(Path(path).read_text())
-    run_starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    if len(run_starts) > skip_first:
-        cut = run_starts[skip_first]
-        events = [e for e in events if e.get("ts", 0) >= cut or e.get("cat") != "Node"]
-    tmp = Path(path).with_suffix(".trimmed.json")
-    tmp.write_text(json.dumps(events))
-    return summarize_profile(tmp, runs)
 
 
 # ---- main ------------------------------------------------------------------------------------------------------
@@ -604,24 +468,21 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_onnx_"))
     work.mkdir(parents=True, exist_ok=True)
     print(f"config {config_name}, work folder {work}", flush=True)
-    report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join(["python", *sys.argv]), **versions(), "cpu": cpu_model(),
-              "cpu_count": os.cpu_count(), "threads": THREADS, "batch": 1, "dtype_latency": "float32",
+    report = {"provenance": provenance(), "threads": THREADS, "batch": 1, "dtype_latency": "float32",
               "prefill_tokens": S, "decode_cached_tokens": P, "config": config_name,
-              "config_fields": config.to_dict(), "git": git_state(), "loadavg_1_5_15_before": load_before,
-              "timing": "median wall time per call (perf_counter), ours / hf / hf_onnx alternating in one loop, order "
-                        "rotated per repetition, untimed 0.1 s pause before each call; ratio_ours_over = ratio of "
-                        "medians, paired_ratio_median = median of per-repetition ratios; blocks_diagnostic = each "
+              "config_fields": config.to_dict(), "loadavg_1_5_15_before": load_before,
+              "timing": "median wall time per call (perf_counter), ours / hf / hf_onnx alternating in one loop "
+                        "(validate/timing.py alternate), order rotated per repetition, untimed 0.1 s pause before "
+                        "each call; ours through OnnxrtRunner.infer (feed checks included); ratio_ours_over = ratio "
+                        "of medians, paired_ratio_median = median of per-repetition ratios; blocks_diagnostic = each "
                         "side alone (same pause), fewer reps",
               "memory": "export: /usr/bin/time -v 'Maximum resident set size' of a fresh process; loading: RSS "
                         "growth of this process (after, and peak via VmHWM reset through /proc/self/clear_refs)"}
     try:
         ckpt = work / "checkpoint"
         if not (ckpt / "config.json").is_file():
-            code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_onnx import "
-                    f"_write_checkpoint; _write_checkpoint({str(ckpt)!r}, {config_name!r})")
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+            write_checkpoint(ckpt, config)
             print(f"wrote random checkpoint in {time.perf_counter() - t0:.1f} s", flush=True)
         numel = checkpoint_numel(ckpt)
         report["params"] = numel
@@ -641,7 +502,7 @@ def main() -> None:
             else:
                 report["hf_export"] = phase_hf_export(work, ckpt, numel)
                 hf_dir = work / "hf_onnx" if report["hf_export"]["returncode"] == 0 else None
-                (work / "hf_export.json").write_text(json.dumps(report["hf_export"], indent=2))
+                write_results(work / "hf_export.json", {**report["hf_export"], "provenance": provenance()})
         shutil.rmtree(work / "ours_bf16", ignore_errors=True)  # disk: only fp32 is timed
 
         print(f"\n(b) latency, batch 1, fp32, {THREADS} threads, S=P={S}, alternating", flush=True)
@@ -688,12 +549,8 @@ def main() -> None:
         print(f"{row['case']:9s}{m['ours']:10.2f}{m['hf']:10.2f}{m.get('hf_onnx', float('nan')):10.2f}"
               f"{r['hf']:15.3f}{r.get('hf_onnx', float('nan')):13.3f}")
 
-    out = args.out or (None if args.quick else OUT_JSON)
-    if out is None:
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    if args.out or not args.quick:  # --quick writes none unless given --out
+        print(f"wrote {write_results(args.out or OUT_JSON, report)}")
 
 
 if __name__ == "__main__":

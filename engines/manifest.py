@@ -2,9 +2,9 @@
 
 Pure Python. Written atomically beside the engine by the builder; read and checked by the runtime before it
 deserialises the engine. A TensorRT engine runs only with the TensorRT version that built it and only on GPUs of
-the compute capability it was built on (no version or hardware compatibility flags are set), so both are hard
+the compute capabilities it was built for (no version or hardware compatibility flags are set), so both are hard
 errors; another GPU model of the same compute capability (H100 vs H200) runs but is tuned for the other one,
-a warning.
+a warning. A TensorRT-RTX engine lists every compute capability it was built for (it is built without a GPU).
 """
 
 from __future__ import annotations
@@ -15,14 +15,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engines.errors import EngineError, EngineMismatch
 from engines.profiles import Limits, Profile
-from export.io_names import IoNames
-from jetmoe import checkpoint
-from jetmoe.config import JetMoeConfig
+from jetmoe.errors import EngineError, EngineMismatch
+from jetmoe.fileio import atomic_write_text
+from jetmoe.io_names import ModelRecord
 
 FORMAT = "jetmoe-trt engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: backend, compute_capabilities, dispatch, ptx_isa
 SUFFIX = ".json"  # model.engine -> model.engine.json
 
 
@@ -32,30 +31,26 @@ def manifest_path(engine_path: str | os.PathLike) -> Path:
 
 
 @dataclasses.dataclass(frozen=True)
-class EngineManifest:
+class EngineManifest(ModelRecord):
     tensorrt_version: str
-    gpu_name: str
-    compute_capability: tuple[int, int]
-    dtype: str  # the ONNX's ("fp32", "fp16", "bf16"): TensorRT 11 networks are strongly typed
+    gpu_name: str  # the GPU it was built and tuned on; "" for a TensorRT-RTX build made without one
+    compute_capability: tuple[int, int]  # the first of compute_capabilities
+    dtype: str  # the ONNX's ("fp32", "fp16", "bf16"): the networks are strongly typed
     task: str
     validation_outputs: bool
     config: dict[str, Any]  # JetMoeConfig.to_dict() of the export
     onnx_sha256: str  # of model.onnx, as recorded in export.json
-    plugins: dict[str, str]  # "jetmoe::expert_map" -> plugin version
-    plugin_mode: str  # "aot" (kernels embedded, no Python needed at runtime) or "jit" (Python impl)
+    plugins: dict[str, str]  # "jetmoe::expert_map" -> plugin version ({} for a portable-dispatch engine)
+    plugin_mode: str  # "aot" (kernels embedded, no Python needed at runtime), "jit" (Python impl) or "none"
     limits: Limits
     profiles: list[Profile]
     engine_sha256: str = ""
+    backend: str = "tensorrt"  # "tensorrt" or "tensorrt-rtx" (engines/flavour.py)
+    compute_capabilities: list[list[int]] = dataclasses.field(default_factory=list)  # every target
+    dispatch: str = "plugin"  # the export's: "plugin" or "portable"
+    ptx_isa: str | None = None  # PTX ISA of the embedded AOT plugin kernels ("8.0"), None without them
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
-
-    @property
-    def model_config(self) -> JetMoeConfig:
-        return JetMoeConfig.from_dict(self.config)
-
-    @property
-    def io_names(self) -> IoNames:
-        return IoNames(self.model_config.num_hidden_layers, self.task, self.validation_outputs)
 
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
@@ -70,7 +65,9 @@ class EngineManifest:
             raise EngineError(f"not a {FORMAT} manifest version {FORMAT_VERSION}: format {raw.get('format')!r}, "
                               f"version {raw.get('format_version')!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(raw) - {"engine_sha256"})
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING}
+        missing = sorted(fields - set(raw) - optional)
         if missing:
             raise EngineError(f"engine manifest lacks {missing}")
         values = {k: v for k, v in raw.items() if k in fields}
@@ -82,7 +79,7 @@ class EngineManifest:
 
 def write_manifest(engine_path: str | os.PathLike, manifest: EngineManifest) -> Path:
     path = manifest_path(engine_path)
-    checkpoint.atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -93,21 +90,14 @@ def read_manifest(engine_path: str | os.PathLike) -> EngineManifest:
                           f"beside the engine")
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EngineError(f"engine manifest {path} is not valid JSON: {e}") from None
-    return EngineManifest.from_dict(raw)
-
-
-def read_export_manifest(onnx_path: str | os.PathLike) -> dict[str, Any]:
-    """export.json beside an exported model.onnx (written by export/exporter.py)."""
-    path = Path(onnx_path).with_name("export.json")
-    if not path.is_file():
-        raise EngineError(f"no export.json beside {onnx_path}: build from a folder written by `jetmoe export`")
-    raw = json.loads(path.read_text())
-    name = Path(onnx_path).name
-    if name not in raw.get("files", {}):
-        raise EngineError(f"{path} records no sha256 for {name} (files: {sorted(raw.get('files', {}))})")
-    return raw
+    if not isinstance(raw, dict):
+        raise EngineError(f"engine manifest {path} does not hold a JSON object")
+    try:
+        return EngineManifest.from_dict(raw)
+    except (TypeError, KeyError, ValueError) as e:
+        raise EngineError(f"engine manifest {path} is damaged ({e}): rebuild the engine") from None
 
 
 def check_compatible(manifest: EngineManifest, *, tensorrt_version: str, gpu_name: str,
@@ -116,10 +106,12 @@ def check_compatible(manifest: EngineManifest, *, tensorrt_version: str, gpu_nam
     if tensorrt_version != manifest.tensorrt_version:
         raise EngineMismatch(f"engine was built with TensorRT {manifest.tensorrt_version} but TensorRT "
                              f"{tensorrt_version} is running: rebuild it with `jetmoe build`")
-    if tuple(compute_capability) != tuple(manifest.compute_capability):
-        raise EngineMismatch(f"engine was built for compute capability {_cc(manifest.compute_capability)} "
-                             f"({manifest.gpu_name}) but this GPU, {gpu_name}, is {_cc(compute_capability)}: "
-                             f"rebuild it on this GPU")
+    targets = [tuple(cc) for cc in manifest.compute_capabilities] or [tuple(manifest.compute_capability)]
+    if tuple(compute_capability) not in targets:
+        built = ", ".join(_cc(cc) for cc in targets)
+        raise EngineMismatch(f"engine was built for compute capability {built}"
+                             f"{f' ({manifest.gpu_name})' if manifest.gpu_name else ''} but this GPU, {gpu_name}, is "
+                             f"{_cc(compute_capability)}: rebuild it for this GPU")
     for plugin, version in manifest.plugins.items():
         if plugin not in plugins:
             raise EngineMismatch(f"engine uses plugin {plugin} version {version}, which this jetmoe-trt does not "
@@ -128,7 +120,7 @@ def check_compatible(manifest: EngineManifest, *, tensorrt_version: str, gpu_nam
             raise EngineMismatch(f"engine uses plugin {plugin} version {version} but this jetmoe-trt defines "
                                  f"version {plugins[plugin]}: rebuild the engine")
     warnings = []
-    if gpu_name != manifest.gpu_name:
+    if manifest.gpu_name and gpu_name != manifest.gpu_name:
         warnings.append(f"engine was tuned on {manifest.gpu_name}, running on {gpu_name} (same compute capability "
                         f"{_cc(compute_capability)}): it runs, possibly slower than a rebuilt one")
     return warnings

@@ -35,13 +35,12 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from export import schema
-from jetmoe.errors import JetMoeError
+from jetmoe import dtypes
+from jetmoe.errors import InputError, InternalError, Unavailable
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, NAMESPACE, OPS, VERSION
 
-PLUGIN_VERSION = "1"  # QDPs are always version "1"; the ONNX nodes carry plugin_version="1" to match
-ROUTING_ATTRIBUTES = ("plugin_namespace", "plugin_version")  # read by the parser, never plugin fields
-FLOAT_TYPES = ("FP32", "FP16", "BF16")
-INDEX_TYPES = ("INT32", "INT64")
+FLOAT_TYPES = tuple(t.qdp for t in dtypes.FLOATS)
+INDEX_TYPES = tuple(t.qdp for t in dtypes.INDEXES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +51,8 @@ class PluginSpec:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attributes: tuple[tuple[str, type, Any], ...] = ()  # (name, type, default), in registration order
-    namespace: str = schema.PLUGIN_NAMESPACE
-    version: str = PLUGIN_VERSION
+    namespace: str = NAMESPACE
+    version: str = VERSION  # QDPs are always version "1"; the ONNX nodes carry plugin_version="1" to match
 
     @property
     def plugin_id(self) -> str:
@@ -70,15 +69,11 @@ class PluginSpec:
         return self.inputs + self.attribute_names + tail
 
 
-PLUGINS = {name: PluginSpec(op.name, op.inputs, op.outputs) for name, op in schema.OPS.items()}
+PLUGINS = {name: PluginSpec(op.name, op.input_names, op.output_names) for name, op in OPS.items()}
 
 
 def plugin_versions() -> dict[str, str]:
     return {spec.plugin_id: spec.version for spec in PLUGINS.values()}
-
-
-class PluginError(JetMoeError):
-    """A plugin definition does not match its description (a bug in this module), or TensorRT lacks QDP AOT."""
 
 
 _registered = False
@@ -89,16 +84,16 @@ def register_plugins() -> None:
     global _registered
     if _registered:
         return
-    from engines.errors import import_tensorrt
+    from engines.flavour import import_tensorrt
 
     trt = import_tensorrt()
     try:
         import tensorrt.plugin as trtp
     except ImportError:
-        raise PluginError(f"TensorRT {trt.__version__} has no tensorrt.plugin (Quickly Deployable Plugins need "
+        raise Unavailable(f"TensorRT {trt.__version__} has no tensorrt.plugin (Quickly Deployable Plugins need "
                           f">= 10.6; AOT ones >= 10.9)") from None
     if not hasattr(trtp, "KernelLaunchParams"):
-        raise PluginError("this TensorRT has no ahead-of-time Quickly Deployable Plugins (needs TensorRT >= 10.9)")
+        raise Unavailable("this TensorRT has no ahead-of-time Quickly Deployable Plugins (needs TensorRT >= 10.9)")
     functions = define(trtp)
     for name, spec in PLUGINS.items():
         fns = functions[name]
@@ -116,7 +111,7 @@ def check_signatures(spec: PluginSpec, fns: dict[str, Callable]) -> None:
     for kind, fn in fns.items():
         got = tuple(inspect.signature(fn).parameters)
         if got != spec.parameters(kind):
-            raise PluginError(f"{spec.plugin_id} {kind} takes {got}, but its description says "
+            raise InternalError(f"{spec.plugin_id} {kind} takes {got}, but its description says "
                               f"{spec.parameters(kind)}")
 
 
@@ -148,7 +143,7 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
         import torch
 
         if not torch.cuda.is_available():
-            raise PluginError("compiling the AOT kernels needs the target GPU's compute capability: no CUDA GPU")
+            raise Unavailable("compiling the AOT kernels needs the target GPU's compute capability: no CUDA GPU")
         major, minor = torch.cuda.get_device_capability()
         tactic = tactic if tactic in plugin_kernels.TACTICS else plugin_kernels.DEFAULT_TACTIC
         return plugin_kernels.compile_ptx(op, _dtype_name(desc.dtype), _dtype_name(index_desc.dtype), tactic,
@@ -159,8 +154,7 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
     # expert_map: x [T, D], expert_idx [T, K], weight [E, N, D] -> y [T, K, N]
 
     def map_register(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc) -> tuple[TensorDesc]:
-        return (trtp.from_shape_expr((x.shape_expr[0], expert_idx.shape_expr[1], weight.shape_expr[1]),
-                                     dtype=x.dtype),)
+        return output_descs(trtp, EXPERT_MAP, x, expert_idx, weight)
 
     def map_autotune(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc,
                      outputs: tuple[TensorDesc]) -> list[trtp.AutoTuneCombination]:
@@ -168,7 +162,7 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
 
     def map_aot_impl(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc, outputs: tuple[TensorDesc],
                      tactic: int) -> AotReturn:
-        kernel, tiles = compiled("expert_map", x, expert_idx, tactic)
+        kernel, tiles = compiled(EXPERT_MAP.name, x, expert_idx, tactic)
         T, K = expert_idx.shape_expr[0], expert_idx.shape_expr[1]
         N, D = weight.shape_expr[1], weight.shape_expr[2]
         params = trtp.KernelLaunchParams()
@@ -184,13 +178,13 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            _run_into(outputs[0], torch_op("expert_map"), x, expert_idx, weight)
+            _run_into(outputs[0], torch_op(EXPERT_MAP.name), x, expert_idx, weight)
 
     # expert_reduce: h [T, K, N], expert_idx [T, K], gates [T, K], weight [E, D, N], bias [D] -> y [T, D]
 
     def reduce_register(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
                         bias: TensorDesc) -> tuple[TensorDesc]:
-        return (trtp.from_shape_expr((h.shape_expr[0], weight.shape_expr[1]), dtype=h.dtype),)
+        return output_descs(trtp, EXPERT_REDUCE, h, expert_idx, gates, weight, bias)
 
     def reduce_autotune(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
                         bias: TensorDesc, outputs: tuple[TensorDesc]) -> list[trtp.AutoTuneCombination]:
@@ -198,7 +192,7 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
 
     def reduce_aot_impl(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
                         bias: TensorDesc, outputs: tuple[TensorDesc], tactic: int) -> AotReturn:
-        kernel, tiles = compiled("expert_reduce", h, expert_idx, tactic)
+        kernel, tiles = compiled(EXPERT_REDUCE.name, h, expert_idx, tactic)
         T, K, N = h.shape_expr[0], h.shape_expr[1], h.shape_expr[2]
         D = weight.shape_expr[1]
         params = trtp.KernelLaunchParams()
@@ -214,14 +208,21 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-            _run_into(outputs[0], torch_op("expert_reduce"), h, expert_idx, gates, weight, bias)
+            _run_into(outputs[0], torch_op(EXPERT_REDUCE.name), h, expert_idx, gates, weight, bias)
 
     return {
-        "expert_map": {"register": map_register, "autotune": map_autotune, "aot_impl": map_aot_impl,
+        EXPERT_MAP.name: {"register": map_register, "autotune": map_autotune, "aot_impl": map_aot_impl,
                        "impl": map_impl},
-        "expert_reduce": {"register": reduce_register, "autotune": reduce_autotune, "aot_impl": reduce_aot_impl,
+        EXPERT_REDUCE.name: {"register": reduce_register, "autotune": reduce_autotune, "aot_impl": reduce_aot_impl,
                           "impl": reduce_impl},
     }
+
+
+def output_descs(trtp, op, *inputs) -> tuple:
+    """The output descriptors of `op` from the contract: each output dim is the size of an input's dim (map:
+    [T, K, N] from x, expert_idx, weight), the type the float inputs' (the first input is always a float one)."""
+    return tuple(trtp.from_shape_expr(tuple(inputs[i].shape_expr[axis] for i, axis in dims), dtype=inputs[0].dtype)
+                 for dims in op.output_dims())
 
 
 def _run_into(output, op: Callable, *inputs) -> None:
@@ -241,12 +242,11 @@ def torch_op(name: str) -> Callable:
 
 
 def _dtype_name(trt_dtype) -> str:
-    name = getattr(trt_dtype, "name", str(trt_dtype)).upper()
-    names = {"FLOAT": "float32", "FP32": "float32", "HALF": "float16", "FP16": "float16", "BF16": "bfloat16",
-             "INT32": "int32", "INT64": "int64"}
-    if name not in names:
-        raise PluginError(f"jetmoe plugins do not support TensorRT type {trt_dtype}")
-    return names[name]
+    """The torch name (float32, ...) of a TensorRT DataType the plugins support."""
+    found = dtypes.lookup(trt_dtype)
+    if found is None or found not in dtypes.FLOATS + dtypes.INDEXES:
+        raise InputError(f"jetmoe plugins do not support TensorRT type {trt_dtype}")
+    return str(found.torch).removeprefix("torch.")
 
 
 _TORCH_CODES = {"float32": ("<f4", None), "float16": ("<f2", None), "bfloat16": ("<i2", "bfloat16"),

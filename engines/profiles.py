@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from export.io_names import IoNames
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import InputError
+from jetmoe.io_names import IoNames
 
 Shape = tuple[int, ...]
 
@@ -44,7 +44,7 @@ class Profile:
     def covers(self, feeds_shapes: dict[str, Shape]) -> bool:
         for name, (lo, _, hi) in self.shapes.items():
             shape = tuple(feeds_shapes[name])
-            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            if len(shape) != len(lo) or any(not a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True)):
                 return False
         return True
 
@@ -56,12 +56,10 @@ class Profile:
         return cls(raw["name"], {k: tuple(tuple(s) for s in v) for k, v in raw["shapes"].items()})
 
 
-def resolve_limits(config: JetMoeConfig, *, max_batch: int = 1, max_seq: int | None = None,
-                   opt_batch: int | None = None, opt_seq: int | None = None, opt_past: int | None = None) -> Limits:
-    """Check the requested limits against the model and fill in the defaults.
-
-    max_seq defaults to max_position_embeddings; opt_batch to max_batch; opt_seq and opt_past to half of max_seq.
-    """
+def resolve_limits(config: JetMoeConfig, *, max_batch: int, max_seq: int | None, opt_batch: int | None = None,
+                   opt_seq: int | None = None, opt_past: int | None = None) -> Limits:
+    """Check the requested limits against the model; None fills in: max_seq = max_position_embeddings, opt_batch =
+    max_batch, opt_seq and opt_past = half of max_seq (the defaults engines/builder.plan_build documents)."""
     ctx = config.max_position_embeddings
     max_seq = ctx if max_seq is None else max_seq
     _positive("max_batch", max_batch)
@@ -107,7 +105,7 @@ def _shapes(config: JetMoeConfig, names: IoNames, B: Shape, S: Shape, P: Shape |
     if P is None:
         shapes["attention_mask"] = per_bound(B, S)
         return shapes
-    total = tuple(p + s for p, s in zip(P, S))
+    total = tuple(p + s for p, s in zip(P, S, strict=True))
     shapes["attention_mask"] = per_bound(B, total)
     shapes["position_ids"] = per_bound(B, S)
     for pair in names.past:

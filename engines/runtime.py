@@ -1,243 +1,216 @@
-"""Run a built engine: numpy in/out for the validator, a KV-cached `Step` for generation.
+"""A built engine behind the runner contract (jetmoe/runner.py): TensorRT or TensorRT-RTX, on a CUDA GPU.
 
-    engine = JetMoeEngine("model.engine")              # checks model.engine.json against TensorRT and the GPU
-    outputs = engine.infer({"input_ids": ..., ...})     # name -> numpy, like every runner
-    tokens = engine.generate([[1, 306, 4658]], max_new_tokens=16)
+    with TrtRunner("model.engine") as runner:            # checks model.engine.json against TensorRT and the GPU
+        outputs = runner.infer(feeds)                     # name -> torch CUDA tensor
+        tokens = jetmoe.generate.generate(runner, [[1, 306, 4658]], max_new_tokens=16)
 
-Written against TensorRT's tensor-name API (10.x and 11.x): `set_optimization_profile_async`,
-`set_input_shape`, `set_tensor_address`, `get_tensor_shape`, `execute_async_v3`. Device memory is torch CUDA
-tensors on the engine's own stream.
+Written against TensorRT's tensor-name API (10.x, 11.x, RTX 1.x): `set_input_shape`, `set_tensor_address`,
+`get_tensor_shape`, `execute_async_v3`, with every boolean result checked.
 
-KV cache: per layer and per key/value, two flat device buffers sized for [max_batch, H_kv, max_seq, Dh]. A step
-reads `past` from one and the graph writes `present` ([B, H_kv, P+S, Dh], contiguous) into the other; the next
-step swaps them. Nothing is allocated or copied per decode step, and every address is stable.
-
-CUDA graphs: the exported graph concatenates past and new keys, so a decode step's shapes (P) change every
-step, and a CUDA graph is only valid for the shapes it was captured with. The runtime therefore captures a decode
-graph per (batch, past length, buffer parity) the second time that key is seen and replays it afterwards: a
-repeated generation or benchmark with the same prompt lengths replays every step; a first generation runs
-uncaptured. A per-step gain for every generation needs a static-length cache in the graph (TensorScatter into a
-max_seq cache, TensorRT's KV-cache update layer): an export change, not done here.
+Design (written down because none of it can run on the machines this was written on):
+- **One execution context per optimization profile** (prefill, decode), each bound to its profile once, at
+  activation: TensorRT applies a profile switch only at the next enqueue, so switching one context's profile
+  per call is a trap (NVIDIA/TensorRT#3798). The contexts share one device-memory block (created with the
+  USER_MANAGED allocation strategy, then `set_device_memory`), sized for the largest profile: they run one
+  at a time on the runner's stream, so they never need it at the same time.
+- **Value semantics for the KV cache**: inputs are read, never written; every output is a fresh tensor from
+  torch's caching allocator (no host round trip: a decode step feeds back the previous step's device tensors).
+  One cache can therefore feed many steps, as benchmarks and the validator's cases do.
+- **CUDA graphs are off by default** (`cuda_graphs=True` turns them on). The exported graph concatenates the
+  cache, so every decode step has new shapes and a captured graph serves only a repeat of the same (batch,
+  past length). When on: a graph is captured the second time a decode key is seen, on its own execution
+  context (one graph per context, after a warm-up enqueue, as trtexec does; sharing the device memory
+  block), into static input and output buffers that belong to the graph (all of them: nothing it writes is
+  freed while it lives); capture runs in thread-local mode and a failed capture (execute_async_v3 returning
+  False) drops the graph. A replay copies the feeds into the static inputs and returns clones of the static
+  outputs (value semantics again): two cache-sized device copies per step, against the kernel launches the
+  graph saves. At most `max_graphs` graphs are kept (least recently used dropped).
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import torch
+from torch import Tensor
 
-from engines.errors import EngineError, import_tensorrt, require_cuda_gpu
+from engines import flavour as flavours
 from engines.manifest import EngineManifest, check_compatible, read_manifest
 from engines.profiles import select_profile
-from export.io_names import IoNames
-from jetmoe.config import JetMoeConfig
-from jetmoe.errors import InputError
+from jetmoe import dtypes
+from jetmoe.errors import EngineError, InputError
+from jetmoe.runner import Runner
 
-_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
-                 "BOOL": "bool", "INT8": "int8", "UINT8": "uint8"}
+log = logging.getLogger(__name__)
 
 
-class JetMoeEngine:
-    def __init__(self, engine_path: str | os.PathLike, *, cuda_graphs: bool = True, verbose: bool = False) -> None:
-        import torch
-
+class TrtRunner(Runner):
+    def __init__(self, engine_path: str | os.PathLike, *, cuda_graphs: bool = False, max_graphs: int = 8,
+                 verbose: bool = False) -> None:
+        super().__init__()
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise InputError(f"no TensorRT engine at {self.path}")
+        self.cuda_graphs = cuda_graphs
+        self.max_graphs = max_graphs
+        self.verbose = verbose
         self.manifest: EngineManifest = read_manifest(self.path)
-        trt = import_tensorrt()
-        gpu_name, cc = require_cuda_gpu()
-        from engines.plugins import plugin_versions, register_plugins
+        self.name = self.manifest.backend
 
-        self.warnings = check_compatible(self.manifest, tensorrt_version=trt.__version__, gpu_name=gpu_name,
-                                         compute_capability=cc, plugins=plugin_versions())
-        for warning in self.warnings:
-            print(f"warning: {warning}")
+    # ---- activation -------------------------------------------------------------------------------------------
+
+    def activate_impl(self) -> None:
+        trt = flavours.import_tensorrt(self.manifest.backend)
+        gpu_name, cc = flavours.require_cuda_gpu()
+        plugins = {}
+        if self.manifest.dispatch == "plugin":
+            from engines.plugins import plugin_versions, register_plugins
+
+            plugins = plugin_versions()
+        for warning in check_compatible(self.manifest, tensorrt_version=trt.__version__, gpu_name=gpu_name,
+                                        compute_capability=cc, plugins=plugins):
+            log.warning("%s", warning)
         if self.manifest.plugin_mode == "jit":
             register_plugins()  # the engine calls back into engines/plugins.py
         self._trt = trt
-        self._logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+        self._logger = trt.Logger(trt.Logger.VERBOSE if self.verbose else trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise EngineError(f"TensorRT could not deserialise {self.path} (see its log above)")
-        self.context = self.engine.create_execution_context()
+        self.config = self.manifest.model_config
+        self.io_names = self.manifest.io_names
+        self.dtype = dtypes.float_dtype(self.manifest.dtype)
+        self.max_batch, self.max_seq = self.manifest.limits.max_batch, self.manifest.limits.max_seq
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.stream = torch.cuda.Stream(self.device)
-        self.config: JetMoeConfig = self.manifest.model_config
-        self.io_names: IoNames = self.manifest.io_names
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if self.input_names != self.io_names.inputs or set(self.output_names) != set(self.io_names.outputs):
-            raise EngineError(f"{self.path} has inputs {self.input_names} and outputs {self.output_names}; its "
-                              f"manifest describes {self.io_names.inputs} and {self.io_names.outputs}")
-        self.dtypes = {n: getattr(torch, _TORCH_DTYPES[self.engine.get_tensor_dtype(n).name]) for n in names}
-        self._profile = -1
-        self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple, Any] = {}
+        check_io(self.io_names.inputs, self.io_names.outputs,
+                 [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT],
+                 [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT], str(self.path))
+        self.tensor_dtypes = {n: dtypes.dtype(self.engine.get_tensor_dtype(n)).torch for n in names}
+        self._memory = torch.empty(self._device_memory_size(), dtype=torch.uint8, device=self.device)
+        self._contexts = [self._context(profile) for profile in range(len(self.manifest.profiles))]
+        self._graphs: collections.OrderedDict[tuple, dict[str, Any]] = collections.OrderedDict()
         self._seen: set[tuple] = set()
-        self._cache = _KvCache(self) if self.io_names.task == "causal-lm" else None
 
-    # ---- numpy in, numpy out (the validator's runner contract) ------------------------------------------------
+    def deactivate_impl(self) -> None:
+        self._graphs.clear()
+        self._contexts = []
+        self.engine = None
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import torch
+    def _device_memory_size(self) -> int:
+        sizes = [self.engine.get_device_memory_size_for_profile_v2(i) for i in range(len(self.manifest.profiles))]
+        return max(sizes + [1])
 
+    def _context(self, profile: int):
+        """An execution context bound to `profile`, running in the shared device-memory block."""
+        trt = self._trt
+        context = self.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        if context is None:
+            raise EngineError(f"TensorRT could not create an execution context for {self.path}")
+        context.set_device_memory(self._memory.data_ptr(), self._memory.numel())
+        if not context.set_optimization_profile_async(profile, self.stream.cuda_stream):
+            raise EngineError(f"TensorRT refused optimization profile {profile} of {self.path}")
+        self.stream.synchronize()
+        return context
+
+    # ---- inference ------------------------------------------------------------------------------------------
+
+    def infer_impl(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
         with torch.cuda.device(self.device):
-            inputs = {name: self._to_device(name, feeds[name]) for name in self._required(feeds)}
-            outputs = self._run(inputs)
+            inputs = {name: t.to(self.device, self.tensor_dtypes[name], non_blocking=True).contiguous()
+                      for name, t in feeds.items()}
+            shapes = {name: tuple(t.shape) for name, t in inputs.items()}
+            profile = select_profile(self.manifest.profiles, shapes)
+            key = (profile, tuple(sorted(shapes.items())))
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            if self.cuda_graphs and self.manifest.profiles[profile].name == "decode":
+                outputs = self._infer_graph(key, profile, inputs)
+            else:
+                outputs = self._enqueue(self._contexts[profile], inputs, shapes)
             self.stream.synchronize()
-        return {name: _to_numpy(t) for name, t in outputs.items()}
-
-    def _required(self, feeds: dict[str, Any]) -> list[str]:
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(f"missing engine inputs {missing}; got {sorted(feeds)}")
-        return self.input_names
-
-    def _to_device(self, name: str, value):
-        import torch
-
-        tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-        return tensor.to(self.device, self.dtypes[name], non_blocking=True).contiguous()
-
-    def _run(self, inputs: dict[str, Any], outputs: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Enqueue one execution on self.stream; outputs allocated here unless given (name -> tensor)."""
-        import torch
-
-        shapes = {name: tuple(t.shape) for name, t in inputs.items()}
-        profile = select_profile(self.manifest.profiles, shapes)
-        if profile != self._profile:
-            self.context.set_optimization_profile_async(profile, self.stream.cuda_stream)
-            self._profile = profile
-        keep = []
-        for name, tensor in inputs.items():
-            if not self.context.set_input_shape(name, tensor.shape):
-                raise InputError(f"engine refused shape {tuple(tensor.shape)} for input {name}")
-            if tensor.numel() == 0:  # an empty past: TensorRT still wants a valid address
-                tensor = torch.empty(1, dtype=tensor.dtype, device=self.device)
-                keep.append(tensor)
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        unset = self.context.infer_shapes()
-        if unset:
-            raise EngineError(f"input shapes not set for {unset}")
-        outputs = dict(outputs or {})
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            if name not in outputs:
-                outputs[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
-            elif tuple(outputs[name].shape) != shape:
-                raise EngineError(f"output {name} has shape {shape}, its buffer {tuple(outputs[name].shape)}")
-            target = outputs[name] if outputs[name].numel() else torch.empty(1, dtype=self.dtypes[name],
-                                                                             device=self.device)
-            keep.append(target)
-            self.context.set_tensor_address(name, target.data_ptr())
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise EngineError(f"TensorRT failed to run {self.path} on shapes {shapes}")
-        self._keep = keep  # alive until the next run
         return outputs
 
-    # ---- generation -----------------------------------------------------------------------------------------
+    def _enqueue(self, context, inputs: dict[str, Tensor], shapes: dict, outputs: dict[str, Tensor] | None = None,
+                 ) -> dict[str, Tensor]:
+        """Bind shapes and addresses on `context` and enqueue one execution on the runner's stream."""
+        keep = bind(context, inputs, self.device, inputs=True)
+        if context.infer_shapes():
+            raise EngineError(f"{self.path}: input shapes not set for {context.infer_shapes()}")
+        outputs = outputs if outputs is not None else {
+            name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=self.tensor_dtypes[name],
+                              device=self.device) for name in self.io_names.outputs}
+        keep += bind(context, outputs, self.device, inputs=False)
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise EngineError(f"TensorRT failed to run {self.path} on shapes {shapes}")
+        self._keep = keep  # placeholders of empty tensors: alive until the stream is synchronised
+        return outputs
 
-    def step(self, input_ids, attention_mask, position_ids, past):
-        """`jetmoe.generate.Step`: logits of the last position [B, V] (CPU float32) and the cache handle."""
-        import torch
+    def _infer_graph(self, key: tuple, profile: int, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        graph = self._graphs.get(key)
+        if graph is None:
+            shapes = dict(key[1])
+            if key not in self._seen:
+                self._seen.add(key)
+                return self._enqueue(self._contexts[profile], inputs, shapes)
+            graph = self._capture(profile, inputs, shapes)
+            if graph is None:
+                return self._enqueue(self._contexts[profile], inputs, shapes)
+            self._graphs[key] = graph
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        self._graphs.move_to_end(key)
+        with torch.cuda.stream(self.stream):
+            for name, tensor in inputs.items():
+                graph["inputs"][name].copy_(tensor)
+            graph["graph"].replay()
+            return {name: t.clone() for name, t in graph["outputs"].items()}
 
-        if self._cache is None:
-            raise InputError(f"{self.path} is a {self.io_names.task} engine: it has no KV cache to generate with")
-        with torch.cuda.device(self.device):
-            B, S = input_ids.shape
-            if past is None:
-                self._cache.reset(B)
-            P = self._cache.length
-            if P + S > self.manifest.limits.max_seq:
-                raise InputError(f"{P} cached + {S} new tokens exceed the engine's max_seq "
-                                 f"{self.manifest.limits.max_seq}; rebuild with a larger --max-seq")
-            inputs = {"input_ids": self._to_device("input_ids", input_ids),
-                      "attention_mask": self._to_device("attention_mask", attention_mask),
-                      "position_ids": self._to_device("position_ids", position_ids)}
-            inputs.update(self._cache.past(B, P))
-            logits = self._run_step(inputs, self._cache.present(B, P + S), decode=S == 1 and P > 0)
-            self.stream.synchronize()
-            logits = logits[:, -1].float().cpu()
-            self._cache.advance(P + S)
-        return logits, self._cache
-
-    def _run_step(self, inputs: dict, present: dict, decode: bool):
-        """Run one step into the cache's present buffers; return the logits tensor (on self.stream)."""
-        import torch
-
-        key = (inputs["input_ids"].shape[0], self._cache.length, self._cache.parity)
-        if not (self.cuda_graphs and decode):
-            return self._run(inputs, present)["logits"]
-        static = self._graphs.get(key)
-        if static is not None:  # same shapes and buffer addresses as at capture: refill the inputs, replay
-            for name in ("input_ids", "attention_mask", "position_ids"):
-                static[name].copy_(inputs[name])
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(self.stream):
-                static["graph"].replay()
-            return static["logits"]
-        outputs = self._run(inputs, present)  # also the run TensorRT needs after a shape change, before capture
-        if key in self._seen:
-            graph = torch.cuda.CUDAGraph()
-            self.stream.synchronize()
-            with torch.cuda.graph(graph, stream=self.stream):
-                self.context.execute_async_v3(self.stream.cuda_stream)
-            self._graphs[key] = {"graph": graph, "logits": outputs["logits"],
-                                 **{n: inputs[n] for n in ("input_ids", "attention_mask", "position_ids")}}
-        self._seen.add(key)
-        return outputs["logits"]
-
-    def generate(self, prompts, **options) -> list[list[int]]:
-        """`jetmoe.generate.generate` with this engine as the step: the same options as eager."""
-        from jetmoe.generate import generate
-
-        return generate(self.step, prompts, **{"eos_token_id": self.config.eos_token_ids,
-                                                "pad_token_id": self.config.pad_token_id, **options})
+    def _capture(self, profile: int, inputs: dict[str, Tensor], shapes: dict) -> dict[str, Any] | None:
+        """A CUDA graph of one execution on a new context (see the module docstring); None if capture failed."""
+        context = self._context(profile)
+        static_in = {name: t.clone() for name, t in inputs.items()}
+        static_out = self._enqueue(context, static_in, shapes)  # the warm-up enqueue, and the output buffers
+        keep = self._keep
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                ok = context.execute_async_v3(self.stream.cuda_stream)
+        except RuntimeError as e:
+            log.warning("CUDA graph capture failed for %s (%s): running uncaptured", shapes, e)
+            return None
+        if not ok:
+            log.warning("TensorRT could not enqueue while capturing a CUDA graph for %s: running uncaptured", shapes)
+            return None
+        return {"graph": graph, "context": context, "inputs": static_in, "outputs": static_out, "keep": keep}
 
 
-class _KvCache:
-    """Ping-pong flat buffers per cache tensor; views of the exact [B, H_kv, L, Dh] shapes the engine wants."""
-
-    def __init__(self, engine: JetMoeEngine) -> None:
-        import torch
-
-        c, limits = engine.config, engine.manifest.limits
-        self.H, self.Dh = c.num_key_value_heads, c.kv_channels
-        size = limits.max_batch * self.H * limits.max_seq * self.Dh
-        self.past_names = [n for pair in engine.io_names.past for n in pair]
-        self.present_names = [n for pair in engine.io_names.present for n in pair]
-        self.buffers = [[torch.empty(size, dtype=engine.dtypes[name], device=engine.device) for _ in range(2)]
-                        for name in self.past_names]
-        self.max_batch = limits.max_batch
-        self.batch, self.length, self.parity = 0, 0, 0
-
-    def reset(self, batch: int) -> None:
-        if batch > self.max_batch:
-            raise InputError(f"batch {batch} exceeds the engine's max_batch {self.max_batch}")
-        self.batch, self.length, self.parity = batch, 0, 0
-
-    def _views(self, side: int, B: int, L: int) -> list:
-        return [bufs[side][: B * self.H * L * self.Dh].view(B, self.H, L, self.Dh) for bufs in self.buffers]
-
-    def past(self, B: int, P: int) -> dict:
-        return dict(zip(self.past_names, self._views(self.parity, B, P)))
-
-    def present(self, B: int, L: int) -> dict:
-        return dict(zip(self.present_names, self._views(1 - self.parity, B, L)))
-
-    def advance(self, length: int) -> None:
-        self.length, self.parity = length, 1 - self.parity
+def bind(context, tensors: dict[str, Tensor], device: torch.device, inputs: bool) -> list[Tensor]:
+    """Set every tensor's address (and, for `inputs`, its shape) on `context`; EngineError on a refusal. An empty
+    tensor gets a 1-element placeholder (TensorRT wants a valid address); the placeholders are returned."""
+    keep = []
+    for name, tensor in tensors.items():
+        if inputs and not context.set_input_shape(name, tuple(tensor.shape)):
+            raise InputError(f"the engine refused shape {tuple(tensor.shape)} for input {name}")
+        if tensor.numel() == 0:
+            tensor = torch.empty(1, dtype=tensor.dtype, device=device)
+            keep.append(tensor)
+        if not context.set_tensor_address(name, tensor.data_ptr()):
+            raise EngineError(f"TensorRT refused the address of {name}")
+    return keep
 
 
-def _to_numpy(tensor) -> np.ndarray:
-    import torch
-
-    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
-        tensor = tensor.float()
-    return tensor.cpu().numpy()
+def check_io(want_inputs: list[str], want_outputs: list[str], inputs: list[str], outputs: list[str],
+             where: str) -> None:
+    """The engine's I/O tensors against the manifest's, by name (TensorRT promises no order)."""
+    if set(inputs) != set(want_inputs) or set(outputs) != set(want_outputs):
+        missing = sorted(set(want_inputs + want_outputs) - set(inputs + outputs))
+        extra = sorted(set(inputs + outputs) - set(want_inputs + want_outputs))
+        raise EngineError(f"{where} does not have the I/O its manifest describes: missing {missing}, "
+                          f"unexpected {extra}")

@@ -9,15 +9,13 @@ readable dimension names and the ops' local-function bodies, checked, linted and
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import os
 import platform
 import re
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -25,22 +23,28 @@ import torch
 
 from export import schema
 from export.functions import local_functions
-from export.io_names import IoNames
-from export.lint import lint_model
-from jetmoe import checkpoint
+from export.lint import LintReport, lint_model
+from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records
+from jetmoe import checkpoint, dtypes
 from jetmoe.config import JetMoeConfig
-from jetmoe.errors import CheckpointError, ExportError
-from jetmoe.model import JetMoeForCausalLM, JetMoeForSequenceClassification
+from jetmoe.errors import CheckpointError, ExportError, InputError
+from jetmoe.fileio import atomic_directory, check_output
+from jetmoe.io_names import IoNames
+from jetmoe.log import progress
+from jetmoe.model import TASKS, JetMoeForCausalLM, JetMoeForSequenceClassification
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, ONNX_OPSET_VERSION, OPS
 
-MODEL_NAME = "model.onnx"
-DATA_NAME = "model.onnx.data"
-MANIFEST_NAME = "export.json"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-TASKS = {"causal-lm": JetMoeForCausalLM, "sequence-classification": JetMoeForSequenceClassification}
+log = logging.getLogger(__name__)
 DEFAULT_OPSET = 21
 MIN_OPSET = 18  # ScatterND(reduction="add") in the local functions needs 16; the exporter needs 18
+MAX_OPSET = 24  # TensorRT 10.15 parses up to 24
 ALIGN = 4096  # external data offsets, page aligned so runtimes can map them
 _PREFIX = "m."  # the wrapper's attribute holding the model; stripped to get HF weight names
+
+
+def lint_file(model: Path) -> LintReport:
+    """The default check of a written model: the transcribed TensorRT operator table (export/lint.py)."""
+    return lint_model(onnx.load(model, load_external_data=False))
 
 
 def export_checkpoint(
@@ -52,60 +56,61 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     validation_outputs: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
+    lint: Callable[[Path], LintReport] = lint_file,
 ) -> Path:
-    """Export an HF-format JetMoe checkpoint folder to ONNX in `out_dir`; return the model path."""
-    if dtype not in DTYPES:
-        raise ExportError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    if task not in TASKS:
-        raise ExportError(f"unsupported task {task!r}; choose one of {sorted(TASKS)}")
-    if not MIN_OPSET <= opset <= 24:
-        raise ExportError(f"unsupported opset {opset}; choose {MIN_OPSET}..24 (TensorRT 10.15 parses up to 24)")
-    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise ExportError(f"output {out_dir} already exists; pass --overwrite to replace it")
-    say = _Progress(progress)
+    """Export an HF-format JetMoe checkpoint folder to ONNX in `out_dir` (all or nothing); return model.onnx.
 
-    config = JetMoeConfig.from_pretrained(checkpoint_dir) if checkpoint_dir.is_dir() else None
-    if config is None:
+    Writes model.onnx, model.onnx.data (every weight, page aligned) and export.json. `lint` checks the
+    written model before the folder is published (the CLI passes one that also runs a real TensorRT parser).
+    Raises ExportError / CheckpointError / OutputError naming the offending value; nothing is left behind.
+    """
+    float_type = dtypes.float_dtype(dtype)
+    if task not in TASKS:
+        raise InputError(f"task {task!r} is not one of {sorted(TASKS)}")
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise InputError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (TensorRT 10.15 parses "
+                         f"up to {MAX_OPSET})")
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoint_dir} does not exist")
+    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[checkpoint_dir], marker=MANIFEST_NAME)
+    config = JetMoeConfig.from_pretrained(checkpoint_dir)
     if task == "sequence-classification" and config.pad_token_id is None:
         raise ExportError("sequence-classification export needs pad_token_id in config.json: each row is pooled "
                           "at its last non-pad token")
     files = checkpoint.verify(checkpoint_dir, TASKS[task], config)
     names = IoNames(config.num_hidden_layers, task, validation_outputs)
+    say = _Progress()
 
-    with checkpoint.atomic_directory(out_dir) as tmp:
-        say(f"tracing {task} ({config.num_hidden_layers} layers, {dtype}, opset {opset})")
-        program = _trace(config, TASKS[task], DTYPES[dtype], names, opset)
+    with atomic_directory(out_dir) as tmp:
+        say(f"tracing {task} ({config.num_hidden_layers} layers, {float_type}, opset {opset})")
+        program = _trace(config, TASKS[task], float_type.torch, names, opset)
         say(f"writing weights from {checkpoint_dir}")
-        _stream_weights(program.model, checkpoint_dir, files, config, DTYPES[dtype], tmp / DATA_NAME, say)
+        _stream_weights(program.model, files, config, float_type.torch, tmp / DATA_NAME)
         say("optimizing the graph")
         proto = _finish_graph(program.model, config, names, opset)
         onnx.save_model(proto, tmp / MODEL_NAME)
         say("checking the model (onnx.checker, TensorRT lint)")
         onnx.checker.check_model(str(tmp / MODEL_NAME), full_check=True)
-        report = lint_model(onnx.load(tmp / MODEL_NAME, load_external_data=False))
+        report = lint(tmp / MODEL_NAME)
         if not report:
             raise ExportError(f"the exported graph fails the TensorRT lint:\n{report}")
-        manifest = _manifest(config, dtype, task, opset, names, tmp, checkpoint_dir)
-        checkpoint.atomic_write_text(tmp / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _manifest(config, float_type.name, task, opset, names, tmp, checkpoint_dir).write(tmp)
     say(f"wrote {out_dir / MODEL_NAME}")
     return out_dir / MODEL_NAME
 
 
 class _Progress:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    """Progress lines with the elapsed time and the process's peak RSS (export memory is a documented target)."""
+
+    def __init__(self) -> None:
         self.start = time.perf_counter()
 
     def __call__(self, message: str) -> None:
-        if self.enabled:
-            import resource
+        import resource
 
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
-            print(f"[export {time.perf_counter() - self.start:6.1f}s, peak RSS {peak:5.2f} GiB] {message}",
-                  file=sys.stderr, flush=True)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux -> GiB
+        log.info("[export %6.1fs, peak RSS %5.2f GiB] %s", time.perf_counter() - self.start, peak, message)
 
 
 # ---- tracing ------------------------------------------------------------------------------------------
@@ -146,13 +151,13 @@ def _trace(config: JetMoeConfig, cls: type, dtype: torch.dtype, names: IoNames, 
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     schema.register_schemas()
-    jetmoe_ops = onnxscript.values.Opset(schema.DOMAIN, schema.OPSET_VERSION)
+    jetmoe_ops = onnxscript.values.Opset(schema.DOMAIN, ONNX_OPSET_VERSION)
 
     def expert_map(x, expert_idx, weight):
-        return jetmoe_ops.expert_map(x, expert_idx, weight, **schema.EXPERT_MAP.attributes)
+        return jetmoe_ops.expert_map(x, expert_idx, weight, **schema.node_attributes(EXPERT_MAP))
 
     def expert_reduce(h, expert_idx, gates, weight, bias):
-        return jetmoe_ops.expert_reduce(h, expert_idx, gates, weight, bias, **schema.EXPERT_REDUCE.attributes)
+        return jetmoe_ops.expert_reduce(h, expert_idx, gates, weight, bias, **schema.node_attributes(EXPERT_REDUCE))
 
     Dim = torch.export.Dim
     B, S, P = 2, 3, 4  # distinct example sizes, none 0 or 1 (those would be specialised)
@@ -210,8 +215,7 @@ def _quiet() -> Iterator[None]:
 # ---- weights ------------------------------------------------------------------------------------------
 
 
-def _stream_weights(model, checkpoint_dir: Path, files: list[Path], config: JetMoeConfig, dtype: torch.dtype,
-                    data_path: Path, say: _Progress) -> None:
+def _stream_weights(model, files: list[Path], config: JetMoeConfig, dtype: torch.dtype, data_path: Path) -> None:
     """Write every initializer's bytes from the checkpoint into `data_path`, one tensor at a time."""
     from onnxscript import ir
 
@@ -227,9 +231,10 @@ def _stream_weights(model, checkpoint_dir: Path, files: list[Path], config: JetM
         by_key.setdefault(key, []).append(name)
 
     values = model.graph.initializers
-    offset, done = 0, 0
+    offset = 0
     with open(data_path, "wb") as f:
-        for key, tensor in checkpoint.iter_tensors(files, set(by_key)):
+        for key, tensor in progress(checkpoint.iter_tensors(files, set(by_key)), "writing weights",
+                                    total=len(by_key), unit="tensor", logger=log):
             raw = _to_bytes(tensor.to(dtype))
             for name in by_key[key]:
                 value = values[name]
@@ -242,9 +247,6 @@ def _stream_weights(model, checkpoint_dir: Path, files: list[Path], config: JetM
                 value.const_value = ir.ExternalTensor(DATA_NAME, offset, len(raw), value.dtype,
                                                       shape=value.shape, name=name, base_dir=data_path.parent)
                 offset += len(raw)
-            done += 1
-            if done % 16 == 0 or done == len(by_key):
-                say(f"  {done}/{len(by_key)} tensors, {offset / 2**20:.0f} MiB")
     missing = [name for name, value in values.items() if value.const_value is None]
     assert not missing, f"initializers without data: {missing}"
     for value in list(values.values()):  # the graph's weights carry their HF names
@@ -273,7 +275,7 @@ def _finish_graph(model, config: JetMoeConfig, names: IoNames, opset: int) -> on
     _name_dims(proto, names)
     del proto.opset_import[:]
     proto.opset_import.extend([onnx.helper.make_opsetid("", opset),
-                               onnx.helper.make_opsetid(schema.DOMAIN, schema.OPSET_VERSION)])
+                               onnx.helper.make_opsetid(schema.DOMAIN, ONNX_OPSET_VERSION)])
     proto.functions.extend(local_functions(config.num_local_experts, opset))
     proto.producer_name, proto.producer_version = "jetmoe-trt", _version()
     proto.graph.name = f"jetmoe_{names.task.replace('-', '_')}"
@@ -305,31 +307,21 @@ def _name_dims(proto: onnx.ModelProto, names: IoNames) -> None:
 
 
 def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, names: IoNames, folder: Path,
-              checkpoint_dir: Path) -> dict[str, Any]:
+              checkpoint_dir: Path) -> ExportManifest:
     proto = onnx.load(folder / MODEL_NAME, load_external_data=False)
 
     def io(values):
-        return [{"name": v.name, "type": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-                 if v.type.tensor_type.elem_type != onnx.TensorProto.BFLOAT16 else "bfloat16",
+        return [{"name": v.name, "type": dtypes.dtype(v.type.tensor_type.elem_type).name,
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
-    return {
-        "format": "jetmoe-trt export",
-        "format_version": 1,
-        "task": task,
-        "dtype": dtype,
-        "opset": opset,
-        "config": config.to_dict(),
-        "checkpoint": str(checkpoint_dir.resolve()),
-        "inputs": io(proto.graph.input),
-        "outputs": io(proto.graph.output),
-        "validation_outputs": names.validation_outputs,
-        "custom_ops": [{"domain": schema.DOMAIN, "name": op.name, "opset_version": schema.OPSET_VERSION,
-                        "plugin_namespace": schema.PLUGIN_NAMESPACE, "plugin_version": schema.PLUGIN_VERSION,
-                        "inputs": list(op.inputs), "outputs": list(op.outputs)} for op in schema.OPS.values()],
-        "files": {name: checkpoint.file_sha256(folder / name) for name in (MODEL_NAME, DATA_NAME)},
-        "versions": _versions(),
-    }
+    return ExportManifest(
+        task=task, dtype=dtype, opset=opset, dispatch="plugin", config=config.to_dict(),
+        checkpoint=str(checkpoint_dir.resolve()), inputs=io(proto.graph.input), outputs=io(proto.graph.output),
+        validation_outputs=names.validation_outputs,
+        custom_ops=[{"domain": schema.DOMAIN, "name": op.name, "opset_version": ONNX_OPSET_VERSION,
+                     **schema.node_attributes(op), "inputs": list(op.input_names),
+                     "outputs": list(op.output_names)} for op in OPS.values()],
+        files=file_records(folder, [MODEL_NAME, DATA_NAME]), versions=_versions())
 
 
 def _versions() -> dict[str, str]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from export.schema import DOMAIN, EXPERT_MAP, EXPERT_REDUCE, OpSpec
+from export.schema import DOMAIN, node_attributes
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, OpSpec
 
 
 class _Body:
@@ -88,8 +89,8 @@ def expert_reduce_function(num_experts: int, opset: int) -> onnx.FunctionProto:
 
 def _function(op: OpSpec, body: _Body, opset: int) -> onnx.FunctionProto:
     return helper.make_function(
-        DOMAIN, op.name, list(op.inputs), list(op.outputs), body.nodes,
-        opset_imports=[helper.make_opsetid("", opset)], attributes=list(op.attributes),
+        DOMAIN, op.name, list(op.input_names), list(op.output_names), body.nodes,
+        opset_imports=[helper.make_opsetid("", opset)], attributes=list(node_attributes(op)),
     )
 
 

@@ -12,10 +12,10 @@ import dataclasses
 import onnx
 
 from export import schema, trt_operators
+from jetmoe.op_contract import OPS
 
 # Ops whose first input is not the data whose type the table lists: check their output instead.
 _OUTPUT_TYPED = {"Constant", "ConstantOfShape", "RandomNormal", "RandomUniform", "EyeLike", "Range"}
-_PARSER_ATTRIBUTES = {"plugin_namespace", "plugin_version"}
 _PLUGIN_FIELD_TYPES = {onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT, onnx.AttributeProto.INTS,
                        onnx.AttributeProto.FLOATS}
 
@@ -88,20 +88,20 @@ def _check_standard(node: onnx.NodeProto, name: str, types: dict[str, int]) -> l
 
 def _check_plugin(node: onnx.NodeProto, name: str, functions: set[tuple[str, str]]) -> list[LintIssue]:
     op = f"{node.domain}::{node.op_type}"
-    spec = schema.OPS.get(node.op_type)
+    spec = OPS.get(node.op_type)
     if spec is None:
-        return [LintIssue(name, op, f"unknown {schema.DOMAIN} op; the contract has {sorted(schema.OPS)}")]
+        return [LintIssue(name, op, f"unknown {schema.DOMAIN} op; the contract has {sorted(OPS)}")]
     issues = []
     if len(node.input) != len(spec.inputs) or len(node.output) != len(spec.outputs):
         issues.append(LintIssue(name, op, f"takes {len(spec.inputs)} inputs and {len(spec.outputs)} outputs, "
                                           f"has {len(node.input)} and {len(node.output)}"))
     attrs = {a.name: a for a in node.attribute}
-    for key, expected in spec.attributes.items():
+    for key, expected in schema.node_attributes(spec).items():
         got = onnx.helper.get_attribute_value(attrs[key]).decode() if key in attrs else None
         if got != expected:
             issues.append(LintIssue(name, op, f"attribute {key}={got!r}, expected {expected!r}"))
     for attr in attrs.values():
-        if attr.name not in _PARSER_ATTRIBUTES and attr.type not in _PLUGIN_FIELD_TYPES:
+        if attr.name not in schema.PARSER_ATTRIBUTES and attr.type not in _PLUGIN_FIELD_TYPES:
             issues.append(LintIssue(name, op, f"attribute {attr.name} has type "
                                     f"{onnx.AttributeProto.AttributeType.Name(attr.type)}; plugin fields must be "
                                     "INT, FLOAT, INTS or FLOATS"))

@@ -1,93 +1,83 @@
-"""An exported model in ONNX Runtime: named inputs in, named outputs out, and a generation step.
+"""ONNX Runtime behind the runner contract (jetmoe/runner.py): an exported model.onnx, CPU or CUDA provider.
 
-The KV cache stays in ONNX Runtime's own buffers (OrtValues) between decode steps; only the last position's
-logits come back to torch.
+    with OnnxrtRunner("out/model.onnx", provider="cpu", threads=2) as runner:
+        outputs = runner.infer(feeds)                 # or: jetmoe.generate.generate(runner, prompts)
+
+Activation reads export.json, checks that model.onnx and model.onnx.data have the recorded sizes, creates the
+session and checks its inputs against the manifest (a manifest edited to lie is refused, not run). bf16 exports
+are refused: ONNX Runtime's CPU provider has no bf16 kernels (documented in docs/support.md).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from export.io_names import IoNames
-from jetmoe.config import JetMoeConfig
-from jetmoe.errors import ExportError, InputError
+from export.manifest import model_path, read_manifest
+from jetmoe.errors import ExportError, InputError, Unavailable
+from jetmoe.runner import Runner
 
-MANIFEST_NAME = "export.json"
-_NUMPY = {"fp32": np.float32, "fp16": np.float16}
-
-
-def read_manifest(model_path: Path) -> dict[str, Any]:
-    path = Path(model_path).parent / MANIFEST_NAME
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"{path} is missing: {model_path} was not written by `jetmoe export`") from None
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is not valid JSON: {e}") from None
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 
-class OnnxModel:
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
+class OnnxrtRunner(Runner):
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None) -> None:
+        super().__init__()
+        if provider not in PROVIDERS:
+            raise InputError(f"ONNX Runtime provider {provider!r} is not one of {sorted(PROVIDERS)}")
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be a positive integer, got {threads}")
+        self.path = model_path(path)
+        self.provider = provider
+        self.threads = threads
+        self.name = f"onnxruntime-{provider}"
+        self.session = None
 
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ExportError(f"no ONNX model at {self.path}")
+    def activate_impl(self) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise Unavailable("onnxruntime is not installed: pip install 'jetmoe-trt[ort]'") from None
         manifest = read_manifest(self.path)
-        self.config = JetMoeConfig.from_dict(manifest["config"])
-        self.task = manifest["task"]
-        self.dtype = manifest["dtype"]
-        self.names = IoNames(self.config.num_hidden_layers, self.task, manifest["validation_outputs"])
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
+        manifest.verify_files(self.path.parent, sha256=False)
+        if manifest.dtype == "bf16":
+            raise Unavailable(f"{self.path} is a bf16 export, and ONNX Runtime has no bf16 kernels for it: "
+                              f"run it in TensorRT, or export --dtype fp16 or fp32 for ONNX Runtime")
         available = ort.get_available_providers()
-        providers = providers or ["CPUExecutionProvider"]
-        missing = [p for p in providers if p not in available]
+        if PROVIDERS[self.provider][0] not in available:
+            raise Unavailable(f"{PROVIDERS[self.provider][0]} is not available in this onnxruntime (has {available})")
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            session = ort.InferenceSession(str(self.path), options, providers=PROVIDERS[self.provider])
+        except Exception as e:  # ORT raises its own exception types; the first line of the message is what matters
+            raise ExportError(f"ONNX Runtime cannot load {self.path}: {str(e).strip().splitlines()[0]}") from None
+        self.config = manifest.model_config
+        self.io_names = manifest.io_names
+        self.dtype = manifest.float_type
+        graph_inputs = [i.name for i in session.get_inputs()]
+        if graph_inputs != self.io_names.inputs:
+            raise ExportError(f"export.json does not describe {self.path}: the model has {len(graph_inputs)} inputs "
+                              f"({graph_inputs[:4]}...), the manifest {len(self.io_names.inputs)}; export again")
+        cache_type = next((i.type for i in session.get_inputs() if i.name.startswith("past_key_values.")), None)
+        if cache_type is not None and cache_type != self.dtype.onnx_type:
+            raise ExportError(f"export.json says {self.dtype} but {self.path}'s cache inputs are {cache_type}: "
+                              f"export again")
+        missing = [n for n in self.io_names.outputs if n not in {o.name for o in session.get_outputs()}]
         if missing:
-            raise ExportError(f"ONNX Runtime providers {missing} are not available here; available: {available}")
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        self._ort = ort
+            raise ExportError(f"{self.path} lacks the outputs {missing[:4]} that export.json lists: export again")
+        self.session = session
 
-    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
-        names = outputs or self.names.outputs
-        return dict(zip(names, self.session.run(names, feeds)))
+    def deactivate_impl(self) -> None:
+        self.session = None
 
-    # ---- generation (jetmoe.generate.Step) -----------------------------------------------------------------
+    def infer_impl(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
+        arrays = {name: np.ascontiguousarray(t.numpy()) for name, t in feeds.items()}
+        names = self.io_names.outputs
+        values = self.session.run(names, arrays)
+        return {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                 past: list[Any] | None) -> tuple[torch.Tensor, list[Any]]:
-        if self.task != "causal-lm":
-            raise InputError(f"{self.path} is a {self.task} export; generation needs a causal-lm export")
-        ort = self._ort
-        B = input_ids.shape[0]
-        if past is None:
-            shape = (B, self.config.num_key_value_heads, 0, self.config.kv_channels)
-            empty = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype=self._numpy_dtype()))
-            past = [empty] * (2 * self.config.num_hidden_layers)
-        feeds = {"input_ids": ort.OrtValue.ortvalue_from_numpy(input_ids.numpy().astype(np.int64)),
-                 "attention_mask": ort.OrtValue.ortvalue_from_numpy(attention_mask.numpy().astype(np.int64)),
-                 "position_ids": ort.OrtValue.ortvalue_from_numpy(position_ids.numpy().astype(np.int64))}
-        feeds.update(zip([n for pair in self.names.past for n in pair], past))
-        present = [n for pair in self.names.present for n in pair]
-        values = self.session.run_with_ort_values(["logits", *present], feeds)
-        logits = torch.from_numpy(values[0].numpy()[:, -1]).float()
-        return logits, list(values[1:])
-
-    def _numpy_dtype(self):
-        if self.dtype not in _NUMPY:
-            raise ExportError(f"ONNX Runtime generation from Python supports fp32 and fp16 exports, not {self.dtype}")
-        return _NUMPY[self.dtype]
-
-    def generate(self, prompts, **options) -> list[list[int]]:
-        from jetmoe.generate import generate
-
-        return generate(self, prompts, **{"eos_token_id": self.config.eos_token_ids,
-                                          "pad_token_id": self.config.pad_token_id, **options})

@@ -1,4 +1,4 @@
-"""The ONNX side of the op contract (docs/ops.md): names, inputs, attributes of the `jetmoe` nodes.
+"""The ONNX side of the op contract (jetmoe/op_contract.py, docs/ops.md): schemas and node attributes.
 
 A `jetmoe` node carries `plugin_namespace` and `plugin_version` (STRING attributes read by TensorRT's ONNX parser
 to find the plugin; they are not plugin fields) and nothing else: the ops need no INT/FLOAT attributes, every
@@ -7,32 +7,17 @@ size comes from the input shapes.
 
 from __future__ import annotations
 
-import dataclasses
-
 import onnx
 
-DOMAIN = "jetmoe"  # no dots: a TensorRT plugin namespace cannot contain one
-PLUGIN_NAMESPACE = "jetmoe"
-PLUGIN_VERSION = "1"
-OPSET_VERSION = 1  # of the `jetmoe` domain
-FLOAT_TYPES = ("tensor(float)", "tensor(float16)", "tensor(bfloat16)")
-INDEX_TYPES = ("tensor(int32)", "tensor(int64)")
+from jetmoe.op_contract import NAMESPACE, ONNX_OPSET_VERSION, OPS, VERSION, OpSpec
+
+DOMAIN = NAMESPACE  # no dots: a TensorRT plugin namespace cannot contain one
+PARSER_ATTRIBUTES = {"plugin_namespace": NAMESPACE, "plugin_version": VERSION}
 
 
-@dataclasses.dataclass(frozen=True)
-class OpSpec:
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        return {"plugin_namespace": PLUGIN_NAMESPACE, "plugin_version": PLUGIN_VERSION}
-
-
-EXPERT_MAP = OpSpec("expert_map", ("x", "expert_idx", "weight"), ("y",))
-EXPERT_REDUCE = OpSpec("expert_reduce", ("h", "expert_idx", "gates", "weight", "bias"), ("y",))
-OPS = {op.name: op for op in (EXPERT_MAP, EXPERT_REDUCE)}
+def node_attributes(op: OpSpec) -> dict[str, str]:
+    """The attributes every `jetmoe` node of `op` carries (today the same for both ops)."""
+    return dict(PARSER_ATTRIBUTES)
 
 
 def register_schemas() -> None:
@@ -42,12 +27,12 @@ def register_schemas() -> None:
     for op in OPS.values():
         if onnx.defs.has(op.name, DOMAIN):
             continue
+        kinds = {t.kind: [d.onnx_type for d in t.dtypes] for t in op.inputs}
         onnx.defs.register_schema(onnx.defs.OpSchema(
-            op.name, DOMAIN, OPSET_VERSION,
-            inputs=[param(name, "I" if name == "expert_idx" else "T") for name in op.inputs],
-            outputs=[param(name, "T") for name in op.outputs],
-            type_constraints=[("T", list(FLOAT_TYPES), "activations and weights"),
-                              ("I", list(INDEX_TYPES), "expert indices")],
+            op.name, DOMAIN, ONNX_OPSET_VERSION,
+            inputs=[param(t.name, t.kind) for t in op.inputs],
+            outputs=[param(t.name, t.kind) for t in op.outputs],
+            type_constraints=[(kind, types, f"{kind} tensors") for kind, types in kinds.items()],
             attributes=[attr(name, onnx.defs.OpSchema.AttrType.STRING, "read by TensorRT's ONNX parser")
-                        for name in op.attributes],
+                        for name in node_attributes(op)],
         ))

@@ -8,24 +8,23 @@ Writing goes through temporary names and renames, so a failed save leaves no hal
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
+import logging
 import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
 
+from jetmoe import dtypes
 from jetmoe.config import CONFIG_NAME, JetMoeConfig
-from jetmoe.errors import CheckpointError, ConfigError
+from jetmoe.errors import CheckpointError, ConfigError, InputError
+from jetmoe.fileio import atomic_file, atomic_write_text
+from jetmoe.log import progress
 
-if TYPE_CHECKING:
-    from jetmoe.model import JetMoePreTrainedModel
+log = logging.getLogger(__name__)
+JetMoePreTrainedModel = torch.nn.Module  # the models of jetmoe/model.py (not imported: it imports this module)
 
 SAFETENSORS_NAME = "model.safetensors"
 SAFETENSORS_INDEX_NAME = "model.safetensors.index.json"
@@ -35,28 +34,22 @@ DEFAULT_SHARD_BYTES = 5 * 2**30
 TIED_KEY = "lm_head.weight"
 _LISTED = 12  # names shown in an error before "... and N more"
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def resolve_dtype(dtype: torch.dtype | str | None, config: JetMoeConfig) -> torch.dtype:
-    """None: the dtype the checkpoint says it was saved in (config `dtype`), else float32."""
-    if dtype is None:
-        dtype = config.dtype or "float32"
-    if isinstance(dtype, str):
-        if dtype.removeprefix("torch.") not in DTYPES:
-            raise ConfigError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        return DTYPES[dtype.removeprefix("torch.")]
-    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ConfigError(f"unsupported dtype {dtype}; choose float32, float16 or bfloat16")
-    return dtype
+def resolve_dtype(dtype: object, config: JetMoeConfig) -> torch.dtype:
+    """None: the dtype the checkpoint says it was saved in (config `dtype`), else fp32. Any spelling of
+    fp32/fp16/bf16 (jetmoe/dtypes.py); ConfigError otherwise."""
+    try:
+        return dtypes.float_dtype(config.dtype or "fp32" if dtype is None else dtype).torch
+    except InputError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ---- loading ------------------------------------------------------------------------------------------
 
 
-def load_model(cls: type[JetMoePreTrainedModel], directory: str | os.PathLike, dtype: torch.dtype | str | None,
-               device: torch.device | str, progress: bool) -> JetMoePreTrainedModel:
+def load_model(cls: type[JetMoePreTrainedModel], directory: str | os.PathLike, dtype: object,
+               device: torch.device | str, show_progress: bool) -> JetMoePreTrainedModel:
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
@@ -67,11 +60,10 @@ def load_model(cls: type[JetMoePreTrainedModel], directory: str | os.PathLike, d
     files = verify(directory, cls, config)
     tied = _is_tied(model.state_dict(), config)
     state = {}
-    for i, path in enumerate(files):
-        if progress:
-            print(f"loading {path.name} ({i + 1}/{len(files)})", file=sys.stderr, flush=True)
-        for name, tensor in iter_tensors([path], set(model.state_dict()) - ({TIED_KEY} if tied else set())):
-            state[name] = tensor.to(device=device, dtype=dtype)
+    wanted = set(model.state_dict()) - ({TIED_KEY} if tied else set())
+    for name, tensor in progress(iter_tensors(files, wanted), f"loading {directory}", total=len(wanted),
+                                 unit="tensor", logger=log, enabled=show_progress):
+        state[name] = tensor.to(device=device, dtype=dtype)
     if tied:
         state[TIED_KEY] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
@@ -276,78 +268,5 @@ def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, tor
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = _temp_name(path)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write beside `path` under a temporary name, then rename: readers see the old file or the whole new one."""
-    tmp = _temp_name(Path(path))
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _temp_name(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600; the renamed file should look like any other
-    return Path(name)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-# ---- all-or-nothing output folders ----------------------------------------------------------------
-
-
-class atomic_directory:
-    """Fill a temporary sibling folder, then swap it in for `target` on success; remove it on failure."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = Path(target)
-
-    def __enter__(self) -> Path:
-        try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
-            os.chmod(self.tmp, 0o777 & ~_UMASK)
-        except OSError as e:
-            raise CheckpointError(f"cannot write to {self.target.parent}: {e.strerror}") from None
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()

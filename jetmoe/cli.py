@@ -1,115 +1,215 @@
-"""`jetmoe`: one console command, one subcommand per stage. Each subcommand calls a typed function.
+"""`jetmoe`: one console command, one subcommand per stage; each subcommand calls one typed library function.
 
-Exit codes: 0 success, 1 a `JetMoeError` (bad input, bad checkpoint: a one-line message, no traceback),
-2 a usage error, or TensorRT / a CUDA GPU missing for `build` or an engine (a one-line message).
+An entry point: it may import every layer (docs/architecture.md). Flag defaults are read from the called
+function's signature (`_flag`), so each default is written once, where the function is, and `--help` shows it.
+
+Exit codes: 0 success; 1 a JetMoeError (bad input, a refused output, a failed validation: one line on stderr,
+no traceback); 2 a usage error, or a backend that cannot run here (TensorRT, a GPU, ONNX Runtime missing);
+130 interrupted (Ctrl-C or SIGTERM: nothing half-written is left behind). stdout carries only results.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import signal
 import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from engines.errors import TensorRTUnavailable
-from jetmoe.errors import InputError, JetMoeError
+from jetmoe import dtypes, log
+from jetmoe.errors import InputError, JetMoeError, LintFailed, Unavailable, ValidationFailed
+
+EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 1, 2, 130
+INT64_MAX = 2**63 - 1
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure(args.verbose - args.quiet)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        args.run(args)
+    except Unavailable as e:
+        print(f"jetmoe {args.command}: unavailable here: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except JetMoeError as e:
+        print(f"jetmoe {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"jetmoe {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C, so temporary outputs are removed on the way out
+
+
+# ---- the parser ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engines.builder import build_engine, plan_build
+    from export.exporter import export_checkpoint
+    from jetmoe.generate import generate
+    from jetmoe.random_weights import write_random_checkpoint
+    from validate.bench import bench
+    from validate.demo import run_demo
+    from validate.validator import validate_export
+
     parser = argparse.ArgumentParser(prog="jetmoe", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"jetmoe-trt {_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr")
+    common.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("checkpoint", help="write a random HF-format JetMoe checkpoint (the embedded default)")
-    p.add_argument("--preset", default="tiny", help="config preset: tiny, default or jetmoe-8b (default: tiny)")
+    def command(name: str, help: str, run: Callable) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Help)
+        p.set_defaults(run=run)
+        return p
+
+    p = command("checkpoint", "write a random HF-format JetMoe checkpoint folder (config.json, safetensors "
+                "shards and their index)", _checkpoint)
+    p.add_argument("--preset", default="tiny", help="config preset: tiny, default or jetmoe-8b")
     p.add_argument("-o", "--output", required=True, type=Path, help="checkpoint folder to create")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(run=_checkpoint)
+    _flag(p, write_random_checkpoint, "--seed", type=int, help="random seed (same seed, same weights)")
+    _flag(p, write_random_checkpoint, "--dtype", type=_float_type, help="fp32, fp16 or bf16 (default: the preset's)")
+    _flag(p, write_random_checkpoint, "--task", help="causal-lm or sequence-classification")
+    _flag(p, write_random_checkpoint, "--overwrite", help="replace an earlier checkpoint folder")
 
-    p = sub.add_parser("export", help="export a checkpoint folder to ONNX with custom jetmoe dispatch nodes")
+    p = command("export", "export a checkpoint to ONNX: writes model.onnx, model.onnx.data (the weights) and "
+                "export.json in the output folder", _export)
     p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
-    p.add_argument("-o", "--output", required=True, type=Path, help="folder to write model.onnx and export.json to")
-    p.add_argument("--dtype", default="fp32", help="fp32, fp16 or bf16 (default: fp32)")
-    p.add_argument("--task", default="causal-lm", help="causal-lm or sequence-classification")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 21)")
-    p.add_argument("--validation-outputs", action="store_true",
-                   help="also output router logits and per-layer hidden states (for the validator)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.set_defaults(run=_export)
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder to create")
+    _flag(p, export_checkpoint, "--dtype", type=_float_type, help="fp32, fp16 or bf16")
+    _flag(p, export_checkpoint, "--task", help="causal-lm or sequence-classification")
+    _flag(p, export_checkpoint, "--opset", type=int, help="ONNX opset")
+    _flag(p, export_checkpoint, "--validation-outputs",
+          help="also output router logits and per-layer hidden states (for the validator)")
+    _flag(p, export_checkpoint, "--overwrite", help="replace an earlier export folder")
 
-    p = sub.add_parser("lint", help="check that an ONNX model only uses what TensorRT's parser supports")
-    p.add_argument("model", type=Path, help="model.onnx")
-    p.set_defaults(run=_lint)
+    p = command("lint", "check that an ONNX model only uses what TensorRT's parser supports", _lint)
+    p.add_argument("model", type=Path, help="model.onnx (or its export folder)")
 
-    from engines.commands import add_build_parser
+    p = command("build", "build a TensorRT engine from an exported model.onnx: writes the engine and "
+                "<engine>.json (full TensorRT needs a GPU)", _build)
+    p.add_argument("onnx", type=Path, help="model.onnx written by `jetmoe export` (export.json beside it)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="engine file to write")
+    _flag(p, plan_build, "--max-batch", type=int, help="largest batch")
+    _flag(p, plan_build, "--max-seq", type=int, help="most tokens in the cache (default: max_position_embeddings)")
+    _flag(p, plan_build, "--opt-batch", type=int, help="batch to tune for (default: --max-batch)")
+    _flag(p, plan_build, "--opt-seq", type=int, help="prompt length to tune for (default: max-seq / 2)")
+    _flag(p, plan_build, "--opt-past", type=int, help="cached tokens to tune decode for (default: max-seq / 2)")
+    _flag(p, plan_build, "--dtype", type=_float_type, help="refuse to build unless the ONNX has this precision")
+    _flag(p, plan_build, "--plugin-mode", choices=("aot", "jit"),
+          help="aot: Triton PTX embedded, runs without Python (trtexec); jit: calls back into Python")
+    _flag(p, plan_build, "--backend", choices=("tensorrt", "tensorrt-rtx"),
+          help="full TensorRT (H100/H200, plugin or portable exports) or TensorRT-RTX (portable exports)")
+    _flag(p, plan_build, "--compute-capability", action="append", type=str, metavar="X.Y",
+          help="TensorRT-RTX target (repeatable; default 8.6)")
+    _flag(p, build_engine, "--timing-cache", type=Path, help="timing cache file to reuse and update")
+    _flag(p, build_engine, "--builder-optimization-level", type=int, help="0..5 (default: TensorRT's, 3)")
+    _flag(p, plan_build, "--overwrite", help="replace an existing engine")
 
-    add_build_parser(sub)
-
-    p = sub.add_parser("generate", help="generate token ids: eager (checkpoint folder), ONNX Runtime (model.onnx) "
-                                        "or TensorRT (model.engine)")
-    p.add_argument("model", type=Path, help="HF-format checkpoint folder, an exported model.onnx, or a built "
-                                            "model.engine")
-    p.add_argument("--provider", default="cpu", help="ONNX Runtime provider for model.onnx: cpu or cuda")
+    p = command("generate", "generate token ids: eager (checkpoint folder), ONNX Runtime (model.onnx) or TensorRT "
+                "(model.engine); prints one line of comma-separated ids per prompt", _generate)
+    p.add_argument("model", type=Path, help="checkpoint folder, an export (folder or model.onnx), or an engine")
     p.add_argument("--prompt-ids", action="append", default=[], metavar="IDS",
                    help="comma-separated token ids; repeat for a batch")
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT",
-                   help="text prompt (needs tokenizer.json in the folder and the tokenizers package)")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's)")
-    p.add_argument("--stream", action="store_true", help="print each step's tokens as they are generated")
-    p.set_defaults(run=_generate)
+                   help="text prompt (needs tokenizer.json beside the model and the tokenizers package)")
+    _flag(p, generate, "--max-new-tokens", type=int, help="new tokens per prompt")
+    _flag(p, generate, "--sample", param="do_sample", help="sample instead of greedy decoding")
+    _flag(p, generate, "--temperature", type=float)
+    _flag(p, generate, "--top-k", type=int, help="keep the k most likely tokens (0: all)")
+    _flag(p, generate, "--top-p", type=float, help="keep the smallest set holding this much probability")
+    _flag(p, generate, "--seed", type=int, help="sampling seed")
+    p.add_argument("--dtype", type=_float_type, default=None,
+                   help="eager: compute in this type (default: the checkpoint's); ONNX/engine: must be its dtype")
+    p.add_argument("--provider", default="cpu", choices=("cpu", "cuda"), help="ONNX Runtime provider")
+    p.add_argument("--stream", action="store_true", help="print each token as it is generated (one prompt)")
 
-    p = sub.add_parser("validate", help="check an export (and engine) against the eager model; exit 1 on failure")
-    p.add_argument("checkpoint", type=Path, help="the HF-format checkpoint folder the export was made from")
-    p.add_argument("--onnx", type=Path, help="exported model.onnx (run in ONNX Runtime)")
-    p.add_argument("--engine", type=Path, help="TensorRT engine (run where TensorRT and a GPU exist)")
-    p.add_argument("--provider", action="append", default=None, metavar="NAME",
-                   help="ONNX Runtime provider: cpu (default) or cuda; repeat for both")
+    p = command("validate", "check an export (and an engine) against the eager model; exit 1 on a mismatch",
+                _validate)
+    p.add_argument("checkpoint", type=Path, help="the checkpoint folder the export was made from")
+    _flag(p, validate_export, "--onnx", type=Path, help="exported model.onnx (run in ONNX Runtime)")
+    _flag(p, validate_export, "--engine", type=Path, help="TensorRT engine (needs TensorRT and a GPU)")
+    p.add_argument("--provider", action="append", default=None, choices=("cpu", "cuda"),
+                   help="ONNX Runtime provider; repeat for both (default: cpu)")
     p.add_argument("--json", type=Path, help="write the full report as JSON here")
-    p.add_argument("--decode-steps", type=int, default=4, help="decode steps after each prefill (default 4)")
-    p.add_argument("--long-context", type=int, default=None,
-                   help="tokens in the long-context case (default: max_position_embeddings - decode steps; 0: skip)")
-    p.add_argument("--generation-tokens", type=int, default=16, help="greedy tokens compared (default 16)")
+    _flag(p, validate_export, "--decode-steps", type=int, help="decode steps after each prefill")
+    _flag(p, validate_export, "--long-context", type=int,
+          help="tokens in the long-context case (default: max_position_embeddings - decode steps; 0: skip)")
+    _flag(p, validate_export, "--generation-tokens", type=int, help="greedy tokens compared")
     p.add_argument("--tolerance", action="append", default=[], metavar="NAME=VALUE",
                    help="override a limit, e.g. logits_atol=1e-3 (see docs/validation.md)")
-    p.add_argument("--polygraphy-dir", type=Path,
-                   help="also save inputs.json and reference.json for an independent `polygraphy run` check")
-    p.set_defaults(run=_validate)
+    _flag(p, validate_export, "--polygraphy-dir", type=Path,
+          help="also save inputs.json and reference.json for an independent `polygraphy run` check")
 
-    p = sub.add_parser("bench", help="prefill and decode latency of eager, HF eager, ONNX Runtime (and TensorRT)")
+    p = command("bench", "prefill and decode latency of eager, HF eager, ONNX Runtime (and TensorRT)", _bench)
     p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
-    p.add_argument("--onnx", type=Path, help="exported model.onnx of the same checkpoint")
-    p.add_argument("--engine", type=Path, help="TensorRT engine built from that export")
-    p.add_argument("--batch", type=int, action="append", default=None, help="batch size; repeat for several")
-    p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default 128)")
-    p.add_argument("--context", type=int, default=128, help="cached tokens for a decode step (default 128)")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime")
+    _flag(p, bench, "--onnx", type=Path, help="exported model.onnx of the same checkpoint")
+    _flag(p, bench, "--engine", type=Path, help="TensorRT engine built from that export")
+    p.add_argument("--batch", type=int, action="append", default=None, help="batch size; repeat (default: 1)")
+    _flag(p, bench, "--prompt-tokens", type=int, help="prefill length")
+    _flag(p, bench, "--context", type=int, help="cached tokens for a decode step")
+    _flag(p, bench, "--reps", type=int, help="timed repetitions")
+    _flag(p, bench, "--threads", type=int, help="CPU threads for torch and ONNX Runtime (default: all)")
     p.add_argument("--no-hf", action="store_true", help="leave out HF transformers' eager model")
     p.add_argument("--json", type=Path, help="write the timings as JSON here")
     p.add_argument("--plot", type=Path, help="write tokens/s against batch size as a picture (PNG) here")
-    p.set_defaults(run=_bench)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default: random checkpoint, then generation")
-    p.add_argument("--workdir", type=Path, default=Path("jetmoe-demo"), help="where to write (default: jetmoe-demo)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(run=_demo)
+    p = command("demo", "the main job on the embedded default: a random tiny checkpoint, its ONNX export, "
+                "validation against eager, and generation (all under --workdir)", _demo)
+    _flag(p, run_demo, "--workdir", type=Path, help="where to write (its earlier demo results are replaced)")
+    _flag(p, run_demo, "--seed", type=int)
+    return parser
 
-    args = parser.parse_args(argv)
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" where there is a default worth showing (not None, False, a count, or one the help
+    text already states)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        quiet = (action.default in (None, False) or action.required or isinstance(action, argparse._CountAction)
+                 or "default:" in (action.help or ""))
+        return action.help if quiet else super()._get_help_string(action)
+
+
+def _flag(parser: argparse.ArgumentParser, fn: Callable, flag: str, param: str | None = None, **options) -> None:
+    """Add `flag` for parameter `param` of `fn` (default: the flag's name), with fn's default."""
+    param = param or flag.lstrip("-").replace("-", "_")
+    default = inspect.signature(fn).parameters[param].default
+    if default is inspect.Parameter.empty:
+        raise TypeError(f"{fn.__name__}() has no default for {param}")
+    if isinstance(default, bool) and "action" not in options:
+        options["action"] = "store_true"
+    if options.get("action") == "append":
+        default = None if not default else list(default)
+    parser.add_argument(flag, dest=param, default=default, **options)
+
+
+def _float_type(text: str) -> str:
     try:
-        args.run(args)
-    except TensorRTUnavailable as e:
-        print(f"jetmoe {args.command}: unavailable here: {e}", file=sys.stderr)
-        return 2
-    except JetMoeError as e:
-        print(f"jetmoe {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return dtypes.float_dtype(text).name
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _version() -> str:
+    try:
+        return version("jetmoe-trt")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# ---- the subcommands ----------------------------------------------------------------------------------------
 
 
 def _checkpoint(args: argparse.Namespace) -> None:
@@ -117,69 +217,128 @@ def _checkpoint(args: argparse.Namespace) -> None:
     from jetmoe.random_weights import write_random_checkpoint
 
     config = JetMoeConfig.from_preset(args.preset)
-    out = write_random_checkpoint(args.output, config, seed=args.seed, dtype=args.dtype, overwrite=args.overwrite)
-    print(f"wrote random {args.preset} checkpoint (seed {args.seed}, {args.dtype}) to {out}")
+    out = write_random_checkpoint(args.output, config, seed=args.seed, dtype=args.dtype, task=args.task,
+                                  overwrite=args.overwrite)
+    print(out)
 
 
 def _export(args: argparse.Namespace) -> None:
-    from export.exporter import DEFAULT_OPSET, export_checkpoint
+    from engines.lint import lint_file
+    from export.exporter import export_checkpoint
 
-    export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, task=args.task,
-                      opset=args.opset or DEFAULT_OPSET, validation_outputs=args.validation_outputs,
-                      overwrite=args.overwrite)
+    path = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, task=args.task, opset=args.opset,
+                             validation_outputs=args.validation_outputs, overwrite=args.overwrite, lint=lint_file)
+    print(path)
 
 
 def _lint(args: argparse.Namespace) -> None:
-    import onnx
+    from engines.lint import lint_file
+    from export.manifest import model_path
 
-    from export.lint import lint_model
-
-    if not args.model.is_file():
-        raise InputError(f"no ONNX model at {args.model}")
-    report = lint_model(onnx.load(args.model, load_external_data=False))
+    report = lint_file(model_path(args.model))
     print(report)
     if not report:
         raise LintFailed(f"{len(report.issues)} problem(s) in {args.model}")
 
 
-class LintFailed(JetMoeError):
-    pass
+def _build(args: argparse.Namespace) -> None:
+    from engines.builder import build_engine
+
+    manifest = build_engine(args.onnx, args.output, max_batch=args.max_batch, max_seq=args.max_seq,
+                            opt_batch=args.opt_batch, opt_seq=args.opt_seq, opt_past=args.opt_past,
+                            dtype=args.dtype, plugin_mode=args.plugin_mode, backend=args.backend,
+                            compute_capability=tuple(args.compute_capability or ()), overwrite=args.overwrite,
+                            timing_cache=args.timing_cache, builder_optimization_level=args.builder_optimization_level)
+    print(f"{args.output} ({manifest.backend} {manifest.tensorrt_version}, {manifest.dtype})")
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from jetmoe.generate import check_generation, generate
+
     if not args.prompt_ids and not args.prompt:
         raise InputError("give at least one --prompt-ids or --prompt")
-    folder = args.model.parent if args.model.suffix in (".onnx", ".engine") else args.model
+    runner, config, folder = _runner_for(args.model, args.dtype, args.provider)
     tokenizer = _tokenizer(folder) if args.prompt else None
     prompts = [parse_token_ids(text) for text in args.prompt_ids]
     prompts += [tokenizer.encode(text).ids for text in args.prompt] if tokenizer else []
-    if args.model.suffix == ".onnx":
-        from export.onnx_runtime import OnnxModel
-
-        providers = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
-        if args.provider not in providers:
-            raise InputError(f"--provider {args.provider!r} is not one of {sorted(providers)}")
-        model = OnnxModel(args.model, providers=providers[args.provider])
-    elif args.model.suffix == ".engine":
-        from engines.commands import engine_model
-
-        model = engine_model(args.model)
-    else:
-        from jetmoe.model import JetMoeForCausalLM
-
-        model = JetMoeForCausalLM.from_pretrained(args.model, dtype=args.dtype, progress=True)
-    streamer = (lambda tokens: print(" ".join("-" if t is None else str(t) for t in tokens), flush=True)
-                if args.stream else None)
-    outputs = model.generate(prompts, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                             streamer=streamer)
+    if args.stream and len(prompts) > 1:
+        raise InputError(f"--stream prints one prompt's tokens as they come; got {len(prompts)} prompts")
+    options = dict(max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p)
+    check_generation(config, prompts, **options)  # before any weight is loaded
+    streamer = _Streamer() if args.stream else None
+    with runner:
+        outputs = generate(runner, prompts, seed=args.seed, streamer=streamer, **options)
     for tokens in outputs:
-        print(",".join(map(str, tokens)))
+        if streamer is None:
+            print(",".join(map(str, tokens)))
+        else:
+            print(flush=True)  # ends the streamed line: the same "id,id,id" line as without --stream
         if tokenizer is not None:
             print(tokenizer.decode(tokens))
 
 
+class _Streamer:
+    """Prints one prompt's new token ids as they come, comma-separated on one line."""
+
+    def __init__(self) -> None:
+        self.separator = ""
+
+    def __call__(self, tokens: list[int | None]) -> None:
+        if tokens[0] is not None:
+            print(f"{self.separator}{tokens[0]}", end="", flush=True)
+            self.separator = ","
+
+
+def _runner_for(path: Path, dtype: str | None, provider: str):
+    """The runner for a checkpoint folder, an export (folder or model.onnx) or an engine; its config (read
+    without loading weights) and the folder holding a tokenizer."""
+    from export.manifest import MANIFEST_NAME, read_manifest
+    from jetmoe.config import CONFIG_NAME, JetMoeConfig
+
+    if path.suffix == ".engine":
+        from engines.runtime import TrtRunner
+
+        runner = TrtRunner(path)
+        _same_dtype(dtype, runner.manifest.dtype, path)
+        return runner, runner.manifest.model_config, path.parent
+    if path.suffix == ".onnx" or (path.is_dir() and (path / MANIFEST_NAME).is_file()):
+        from export.onnx_runtime import OnnxrtRunner
+
+        manifest = read_manifest(path)
+        _same_dtype(dtype, manifest.dtype, path)
+        runner = OnnxrtRunner(path, provider=provider)
+        return runner, manifest.model_config, runner.path.parent
+    if not path.is_dir():
+        raise InputError(f"{path} does not exist" if not path.exists() else
+                         f"{path} is not a checkpoint folder, an export or an engine")
+    from jetmoe.model import JetMoeForCausalLM
+    from jetmoe.runner import EagerRunner
+
+    config = JetMoeConfig.from_pretrained(path) if (path / CONFIG_NAME).is_file() else None
+    if config is None:
+        raise InputError(f"{path} holds no config.json: not a checkpoint folder")
+    runner = EagerRunner(lambda: _eager_model(JetMoeForCausalLM.from_pretrained(path, dtype=dtype, progress=True)))
+    return runner, config, path
+
+
+def _eager_model(model):
+    import torch
+
+    if torch.cuda.is_available():
+        from engines.kernels import register_cuda_kernels
+
+        register_cuda_kernels()
+    return model
+
+
+def _same_dtype(asked: str | None, actual: str, path: Path) -> None:
+    if asked is not None and asked != actual:
+        raise InputError(f"{path} runs in {actual}; --dtype {asked} applies to checkpoints (re-export to change it)")
+
+
 def _validate(args: argparse.Namespace) -> None:
+    from jetmoe.fileio import check_output
     from validate.validator import validate_export
 
     overrides = {}
@@ -188,6 +347,8 @@ def _validate(args: argparse.Namespace) -> None:
         if not sep:
             raise InputError(f"--tolerance {item!r} is not NAME=VALUE")
         overrides[key] = value
+    if args.json is not None:
+        check_output(args.json, kind="file", overwrite=True, inputs=[args.checkpoint])
     report = validate_export(args.checkpoint, onnx=args.onnx, engine=args.engine,
                              providers=tuple(args.provider or ["cpu"]), decode_steps=args.decode_steps,
                              long_context=args.long_context, generation_tokens=args.generation_tokens,
@@ -195,19 +356,23 @@ def _validate(args: argparse.Namespace) -> None:
     print(report.table())
     if args.json:
         report.save(args.json)
+    if not report and all(b.passed for b in report.backends if b.available) and report.unavailable:
+        raise Unavailable(f"{', '.join(b.name for b in report.unavailable)} could not run here "
+                          f"({report.unavailable[0].reason}); validation is incomplete")
     if not report:
         raise ValidationFailed("the backends under test do not match the eager model (see the table above)")
 
 
-class ValidationFailed(JetMoeError):
-    pass
-
-
 def _bench(args: argparse.Namespace) -> None:
+    from jetmoe.fileio import check_output
     from validate.bench import bench
 
-    report = bench(args.checkpoint, args.onnx, args.engine, batches=tuple(args.batch or [1]), prompt_tokens=args.prompt_tokens,
-                   context=args.context, reps=args.reps, hf=not args.no_hf, threads=args.threads)
+    for path in (args.json, args.plot):
+        if path is not None:
+            check_output(path, kind="file", overwrite=True, inputs=[args.checkpoint])
+    report = bench(args.checkpoint, args.onnx, args.engine, batches=tuple(args.batch or [1]),
+                   prompt_tokens=args.prompt_tokens, context=args.context, reps=args.reps, hf=not args.no_hf,
+                   threads=args.threads)
     print(report.table())
     if args.json:
         report.save(args.json)
@@ -216,7 +381,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from jetmoe.demo import run_demo
+    from validate.demo import run_demo
 
     run_demo(args.workdir, seed=args.seed)
 
@@ -228,19 +393,24 @@ def parse_token_ids(text: str) -> list[int]:
         raise InputError(f"--prompt-ids {text!r} is not a comma-separated list of integers") from None
     if not ids:
         raise InputError(f"--prompt-ids {text!r} holds no token ids")
+    too_big = [i for i in ids if abs(i) > INT64_MAX]
+    if too_big:
+        raise InputError(f"token id {too_big[0]} in --prompt-ids does not fit a 64-bit integer")
     return ids
 
 
 def _tokenizer(folder: Path):
     path = folder / "tokenizer.json"
     if not path.is_file():
-        raise InputError(f"--prompt needs {path}; use --prompt-ids with this checkpoint")
+        raise InputError(f"--prompt needs {path}; use --prompt-ids with this model")
     try:
         from tokenizers import Tokenizer
     except ImportError:
         raise InputError("--prompt needs the tokenizers package: pip install 'jetmoe-trt[text]'") from None
-    return Tokenizer.from_file(str(path))
-
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception for a corrupt file
+        raise InputError(f"{path} is not a readable tokenizer: {str(e).splitlines()[0]}") from None
 
 
 if __name__ == "__main__":

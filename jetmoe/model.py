@@ -20,6 +20,8 @@ from jetmoe import checkpoint, ops
 from jetmoe.cache import KVCache, KVPairs
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import ConfigError, InputError
+from jetmoe.generate import GenerationMixin
+from jetmoe.inputs import check_length, check_mask, check_positions, check_token_ids
 from jetmoe.outputs import CausalLMOutput, JetMoeModelOutput, SequenceClassifierOutput
 
 BLOCK_NORM_EPS = 1e-6  # HF builds the per-block norms with eps 1e-6 whatever config.rms_norm_eps says
@@ -30,9 +32,15 @@ class JetMoePreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str = "cpu", progress: bool = False):
-        """Load an HF-format checkpoint folder. dtype None: the config's `dtype`, else float32."""
-        return checkpoint.load_model(cls, directory, dtype=dtype, device=device, progress=progress)
+                        device: torch.device | str = "cpu", progress: bool = False, *,
+                        torch_dtype: torch.dtype | str | None = None):
+        """Load an HF-format checkpoint folder. dtype None: the config's `dtype`, else fp32.
+        `torch_dtype` is HF's older name for `dtype`, accepted as such."""
+        if torch_dtype is not None:
+            if dtype is not None and dtype != torch_dtype:
+                raise InputError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only dtype")
+            dtype = torch_dtype
+        return checkpoint.load_model(cls, directory, dtype=dtype, device=device, show_progress=progress)
 
     def save_pretrained(self, directory: str | os.PathLike,
                         max_shard_size: int = checkpoint.DEFAULT_SHARD_BYTES) -> None:
@@ -85,19 +93,20 @@ class JetMoeModel(JetMoePreTrainedModel):
         cache = KVCache.wrap(past_key_values) if (use_cache or past_key_values is not None) else None
         P = cache.get_seq_length() if cache is not None else 0
         L = P + S
-        if L > config.max_position_embeddings:
-            raise InputError(f"sequence length {L} (cached {P} + new {S}) exceeds max_position_embeddings="
-                             f"{config.max_position_embeddings}")
+        check_length(P, S, config.max_position_embeddings)
         device = inputs_embeds.device
         if cache_position is None:
             cache_position = torch.arange(P, L, device=device)
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0).expand(B, S)
-        elif not tracing and position_ids.numel() and int(position_ids.max()) >= config.max_position_embeddings:
-            raise InputError(f"position id {int(position_ids.max())} exceeds max_position_embeddings="
-                             f"{config.max_position_embeddings}")
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, L):
-            raise InputError(f"attention_mask must be [batch={B}, cached+new={L}], got {tuple(attention_mask.shape)}")
+        elif not tracing:
+            check_positions(position_ids, B, S, config.max_position_embeddings, broadcast=True)
+        if attention_mask is not None and not tracing:
+            check_mask(attention_mask, B, L)
+        elif attention_mask is not None:
+            # the exported graph's own guard for callers that feed it directly: a mask of another size than
+            # [B, P + S] fails this Reshape (a [B, 1] decode mask would otherwise broadcast over the cache)
+            attention_mask = attention_mask.reshape(B, L)
 
         bias = attention_bias(attention_mask, cache_position, B, L, device)  # [B or 1, 1, S, L]
         cos, sin = rope_cos_sin(position_ids, config.kv_channels, config.rope_theta, inputs_embeds.dtype)
@@ -126,7 +135,9 @@ class JetMoeModel(JetMoePreTrainedModel):
         return out if return_dict is not False else out.to_tuple()
 
 
-class JetMoeForCausalLM(JetMoePreTrainedModel):
+class JetMoeForCausalLM(GenerationMixin, JetMoePreTrainedModel):
+    task = "causal-lm"
+
     def __init__(self, config: JetMoeConfig) -> None:
         super().__init__()
         self.config = config
@@ -173,16 +184,11 @@ class JetMoeForCausalLM(JetMoePreTrainedModel):
                              base.router_logits, base.moa_hidden_states)
         return out if return_dict is not False else out.to_tuple()
 
-    def generate(self, prompts, **options):
-        """Generate from token-id prompts; options as `jetmoe.generate.generate`."""
-        from jetmoe.generate import generate, EagerStep
-
-        return generate(EagerStep(self), prompts, **{"eos_token_id": self.config.eos_token_ids,
-                                                     "pad_token_id": self.config.pad_token_id, **options})
-
 
 class JetMoeForSequenceClassification(JetMoePreTrainedModel):
     """Scores the last non-pad token of each row (HF: rightmost token != pad_token_id)."""
+
+    task = "sequence-classification"
 
     def __init__(self, config: JetMoeConfig) -> None:
         super().__init__()
@@ -373,14 +379,6 @@ class RMSNorm(nn.Module):
 # ---- helpers ------------------------------------------------------------------------------------------
 
 
-def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
-    if input_ids.dim() != 2:
-        raise InputError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
-    if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
-        bad = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
-        raise InputError(f"token id {int(bad[0])} is outside the vocabulary [0, {vocab_size})")
-
-
 def attention_bias(attention_mask: Tensor | None, cache_position: Tensor, B: int, L: int,
                    device: torch.device) -> Tensor:
     """Additive fp32 mask [B or 1, 1, S, L]: causal by cache position, padding keys from attention_mask.
@@ -458,3 +456,9 @@ def classification_loss(pooled: Tensor, labels: Tensor, config: JetMoeConfig) ->
     if problem == "single_label_classification":
         return F.cross_entropy(pooled.view(-1, config.num_labels), labels.view(-1))
     return F.binary_cross_entropy_with_logits(pooled, labels)
+
+
+TASKS: dict[str, type[JetMoePreTrainedModel]] = {
+    "causal-lm": JetMoeForCausalLM,
+    "sequence-classification": JetMoeForSequenceClassification,
+}

@@ -1,7 +1,7 @@
 """The expert-dispatch ops: `jetmoe::expert_map` and `jetmoe::expert_reduce`.
 
-One contract (docs/ops.md) shared by the torch custom ops here, the ONNX nodes and their local-function
-bodies (export/), the Triton kernels and the TensorRT plugins (engines/). Both MoA and MoE use them:
+One contract (jetmoe/op_contract.py, docs/ops.md) shared by the torch custom ops here, the ONNX nodes and their
+local-function bodies (export/), the Triton kernels and the TensorRT plugins (engines/). Both MoA and MoE use them:
 
     map     x[T, D], expert_idx[T, K], weight[E, N, D]                          -> y[T, K, N]
             y[t, j] = weight[expert_idx[t, j]] @ x[t]
@@ -20,42 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jetmoe.errors import InputError
-
-_FLOAT_TYPES = (torch.float32, torch.float16, torch.bfloat16)
-_INDEX_TYPES = (torch.int32, torch.int64)
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, OpSpec
 
 
-def _check(name: str, ok: bool, message: str) -> None:
-    if not ok:
-        raise InputError(f"jetmoe::{name}: {message}")
-
-
-def _check_map(x: Tensor, expert_idx: Tensor, weight: Tensor) -> None:
-    _check("expert_map", x.dim() == 2, f"x must be [T, D], got shape {tuple(x.shape)}")
-    _check("expert_map", expert_idx.dim() == 2 and expert_idx.shape[0] == x.shape[0],
-           f"expert_idx must be [T={x.shape[0]}, K], got shape {tuple(expert_idx.shape)}")
-    _check("expert_map", weight.dim() == 3 and weight.shape[2] == x.shape[1],
-           f"weight must be [E, N, D={x.shape[1]}], got shape {tuple(weight.shape)}")
-    _check("expert_map", expert_idx.dtype in _INDEX_TYPES, f"expert_idx must be int32/int64, got {expert_idx.dtype}")
-    _check("expert_map", x.dtype in _FLOAT_TYPES and weight.dtype == x.dtype,
-           f"x and weight must share a float type, got {x.dtype} and {weight.dtype}")
-
-
-def _check_reduce(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, bias: Tensor) -> None:
-    _check("expert_reduce", h.dim() == 3, f"h must be [T, K, N], got shape {tuple(h.shape)}")
-    T, K, N = h.shape
-    _check("expert_reduce", tuple(expert_idx.shape) == (T, K),
-           f"expert_idx must be [{T}, {K}], got shape {tuple(expert_idx.shape)}")
-    _check("expert_reduce", tuple(gates.shape) == (T, K), f"gates must be [{T}, {K}], got shape {tuple(gates.shape)}")
-    _check("expert_reduce", weight.dim() == 3 and weight.shape[2] == N,
-           f"weight must be [E, D, N={N}], got shape {tuple(weight.shape)}")
-    _check("expert_reduce", tuple(bias.shape) == (weight.shape[1],),
-           f"bias must be [D={weight.shape[1]}], got shape {tuple(bias.shape)}")
-    _check("expert_reduce", expert_idx.dtype in _INDEX_TYPES,
-           f"expert_idx must be int32/int64, got {expert_idx.dtype}")
-    _check("expert_reduce", h.dtype in _FLOAT_TYPES and all(t.dtype == h.dtype for t in (gates, weight, bias)),
-           f"h, gates, weight and bias must share a float type, got {h.dtype}, {gates.dtype}, {weight.dtype}, "
-           f"{bias.dtype}")
+def check(op: OpSpec, *tensors: Tensor) -> dict[str, int]:
+    """The contract's shape and dtype checks (InputError); the letter sizes. Shared by the kernels' launchers."""
+    return op.check([t.shape for t in tensors], [t.dtype for t in tensors])
 
 
 def group_by_expert(expert_idx: Tensor, num_experts: int) -> tuple[Tensor, list[int]]:
@@ -84,9 +54,9 @@ def _grouped_linear(rows: Tensor, weight: Tensor, counts: list[int]) -> Tensor:
     return out
 
 
-@torch.library.custom_op("jetmoe::expert_map", mutates_args=())
+@torch.library.custom_op(EXPERT_MAP.qualified_name, mutates_args=())
 def expert_map(x: Tensor, expert_idx: Tensor, weight: Tensor) -> Tensor:
-    _check_map(x, expert_idx, weight)
+    check(EXPERT_MAP, x, expert_idx, weight)
     T, K = expert_idx.shape
     order, counts = group_by_expert(expert_idx, weight.shape[0])
     y_sorted = _grouped_linear(x[order // K], weight, counts)  # [T*K, N] in expert order
@@ -96,13 +66,13 @@ def expert_map(x: Tensor, expert_idx: Tensor, weight: Tensor) -> Tensor:
 
 @expert_map.register_fake
 def _(x: Tensor, expert_idx: Tensor, weight: Tensor) -> Tensor:
-    _check_map(x, expert_idx, weight)
-    return x.new_empty(x.shape[0], expert_idx.shape[1], weight.shape[1])
+    (shape,) = EXPERT_MAP.output_shapes(check(EXPERT_MAP, x, expert_idx, weight))
+    return x.new_empty(shape)
 
 
-@torch.library.custom_op("jetmoe::expert_reduce", mutates_args=())
+@torch.library.custom_op(EXPERT_REDUCE.qualified_name, mutates_args=())
 def expert_reduce(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    _check_reduce(h, expert_idx, gates, weight, bias)
+    check(EXPERT_REDUCE, h, expert_idx, gates, weight, bias)
     T, K, N = h.shape
     order, counts = group_by_expert(expert_idx, weight.shape[0])
     y_sorted = _grouped_linear(h.reshape(T * K, N)[order], weight, counts)  # [T*K, D] in expert order
@@ -113,8 +83,8 @@ def expert_reduce(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, 
 
 @expert_reduce.register_fake
 def _(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    _check_reduce(h, expert_idx, gates, weight, bias)
-    return h.new_empty(h.shape[0], weight.shape[1])
+    (shape,) = EXPERT_REDUCE.output_shapes(check(EXPERT_REDUCE, h, expert_idx, gates, weight, bias))
+    return h.new_empty(shape)
 
 
 # ---- deliberately dumb references: one (token, slot) at a time, used by tests and the validator ----------
@@ -135,13 +105,3 @@ def expert_reduce_reference(h: Tensor, expert_idx: Tensor, gates: Tensor, weight
         for j in range(K):
             y[t] += gates[t, j] * F.linear(h[t, j], weight[int(expert_idx[t, j])])
     return y + bias
-
-
-def _use_gpu_kernels() -> None:
-    """On a CUDA machine with triton, the Triton kernels (engines/kernels) become these ops' CUDA implementations;
-    everywhere else the eager implementations above serve every device."""
-    if torch.cuda.is_available():
-        import engines.kernels  # noqa: F401  (registers them on import)
-
-
-_use_gpu_kernels()

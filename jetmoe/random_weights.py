@@ -7,10 +7,11 @@ from pathlib import Path
 
 import torch
 
-from jetmoe.checkpoint import atomic_directory, resolve_dtype
-from jetmoe.config import JetMoeConfig
-from jetmoe.errors import CheckpointError
-from jetmoe.model import JetMoeForCausalLM, JetMoePreTrainedModel
+from jetmoe.checkpoint import resolve_dtype
+from jetmoe.config import CONFIG_NAME, JetMoeConfig
+from jetmoe.errors import InputError
+from jetmoe.fileio import atomic_directory, check_output
+from jetmoe.model import TASKS, JetMoePreTrainedModel
 
 
 def init_random_(model: JetMoePreTrainedModel, seed: int) -> None:
@@ -40,14 +41,19 @@ def init_random_(model: JetMoePreTrainedModel, seed: int) -> None:
             param.copy_(values)
 
 
-def write_random_checkpoint(out_dir: str | os.PathLike, config: JetMoeConfig, seed: int = 0,
-                            dtype: torch.dtype | str = "float32", overwrite: bool = False) -> Path:
-    """Write a random HF-format JetMoeForCausalLM checkpoint folder, all or nothing."""
-    out_dir = Path(out_dir)
+def write_random_checkpoint(out_dir: str | os.PathLike, config: JetMoeConfig, *, seed: int = 0,
+                            dtype: str | None = None, task: str = "causal-lm", overwrite: bool = False) -> Path:
+    """Write a random HF-format checkpoint folder, all or nothing; dtype None: the config's, else fp32.
+
+    A sequence-classification checkpoint gets pad_token_id 0 when the config has none (each row is pooled at
+    its last non-pad token, so a batch needs one)."""
+    if task not in TASKS:
+        raise InputError(f"task {task!r} is not one of {sorted(TASKS)}")
+    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, marker=CONFIG_NAME)
     torch_dtype = resolve_dtype(dtype, config)
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise CheckpointError(f"output {out_dir} already exists; pass --overwrite to replace it")
-    model = JetMoeForCausalLM(config)
+    if task == "sequence-classification" and config.pad_token_id is None:
+        config = config.replace(pad_token_id=0)
+    model = TASKS[task](config)
     init_random_(model, seed)
     with atomic_directory(out_dir) as tmp:
         model.to(torch_dtype).save_pretrained(tmp)

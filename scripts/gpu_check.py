@@ -282,7 +282,7 @@ def build_hf(ours, config, device="cuda"):
                                              if k not in ("model_type", "id2label", "label2id", "dtype")})
     with torch.device("meta"):
         hf = transformers.JetMoeForCausalLM(hf_config)
-    missing, unexpected = hf.load_state_dict(ours.state_dict(), assign=True, strict=False)
+    missing, unexpected = hf.load_state_dict(ours.state_dict(), assign=True, strict=True)
     notes = {"missing_keys": list(missing), "unexpected_keys": list(unexpected), "built": "meta+assign"}
     _fresh_rotary(hf, hf_config, device)
     if getattr(hf_config, "tie_word_embeddings", False):
@@ -292,7 +292,7 @@ def build_hf(ours, config, device="cuda"):
         notes.update(built="device+copy", meta_left=left)
         with torch.device(device):
             hf = transformers.JetMoeForCausalLM(hf_config).to(next(ours.parameters()).dtype)
-        hf.load_state_dict(ours.state_dict(), strict=False)
+        hf.load_state_dict(ours.state_dict(), strict=True)
         _fresh_rotary(hf, hf_config, device)
     return hf.eval(), notes
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from export.exporter import export_checkpoint
-
 from jetmoe import JetMoeConfig, JetMoeForCausalLM, JetMoeForSequenceClassification
 from jetmoe.random_weights import init_random_
 
@@ -62,8 +61,7 @@ def exported(tiny_checkpoint, tmp_path_factory):
         key = (dtype, validation_outputs)
         if key not in cache:
             out = tmp_path_factory.mktemp("onnx") / f"{dtype}-{validation_outputs}"
-            cache[key] = export_checkpoint(folder, out, dtype=dtype, validation_outputs=validation_outputs,
-                                           progress=False)
+            cache[key] = export_checkpoint(folder, out, dtype=dtype, validation_outputs=validation_outputs)
         return cache[key]
     return get
 
@@ -74,5 +72,5 @@ def classification_export(tmp_path_factory):
     config = CONFIGS["odd"].replace(pad_token_id=0, num_labels=3)
     model = make_model(config, cls=JetMoeForSequenceClassification, seed=5)
     model.save_pretrained(folder)
-    path = export_checkpoint(folder, folder.parent / "onnx", task="sequence-classification", progress=False)
+    path = export_checkpoint(folder, folder.parent / "onnx", task="sequence-classification")
     return path, model

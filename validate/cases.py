@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import torch
 
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import InputError
-from validate.runners.base import BaseRunner
+from jetmoe.runner import Runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +31,7 @@ class Step:
     real: np.ndarray  # [B, S] bool: positions holding real (not padding) tokens
 
 
-def default_cases(config: JetMoeConfig, decode_steps: int = 4, long_context: int | None = None,
-                  seed: int = 0) -> list[Case]:
+def default_cases(config: JetMoeConfig, decode_steps: int, long_context: int | None, seed: int = 0) -> list[Case]:
     """Several prompts with left padding; prefill then decode; a long context near the configured limit."""
     limit = config.max_position_embeddings
     long_context = limit - decode_steps if long_context is None else long_context
@@ -55,7 +55,8 @@ def default_cases(config: JetMoeConfig, decode_steps: int = 4, long_context: int
     return cases
 
 
-def run_case(runner: BaseRunner, case: Case) -> list[Step]:
+def run_case(runner: Runner, case: Case) -> list[Step]:
+    """Prefill, then the case's decode steps, each fed the previous step's cache (teacher forcing)."""
     config, names = runner.config, runner.io_names
     pad = config.pad_token_id or 0
     width = max(len(p) for p in case.prompts)
@@ -66,41 +67,28 @@ def run_case(runner: BaseRunner, case: Case) -> list[Step]:
         mask[row, width - len(prompt):] = 1
     feeds = {"input_ids": ids, "attention_mask": mask}
     if names.task != "causal-lm":
-        return [Step("forward", feeds, runner.infer(feeds), mask.astype(bool))]
+        return [Step("forward", feeds, as_numpy(runner.infer(feeds)), mask.astype(bool))]
 
     position = np.maximum(mask.cumsum(-1) - 1, 0)
-    empty = np.zeros((len(case.prompts), config.num_key_value_heads, 0, config.kv_channels), dtype=np.float32)
-    feeds.update(position_ids=position, **{name: empty for pair in names.past for name in pair})
-    steps = [Step("prefill", feeds, runner.infer(feeds), mask.astype(bool))]
+    feeds.update(position_ids=position, **runner.empty_past(len(case.prompts)))
+    outputs = runner.infer(feeds)
+    steps = [Step("prefill", as_numpy(feeds), as_numpy(outputs), mask.astype(bool))]
     for i, step_tokens in enumerate(case.decode_tokens):
         mask = np.concatenate([mask, np.ones((len(step_tokens), 1), dtype=np.int64)], axis=1)
         position = position[:, -1:] + 1
-        previous = steps[-1].outputs
         feeds = {"input_ids": np.array(step_tokens, dtype=np.int64)[:, None], "attention_mask": mask,
-                 "position_ids": position}
-        for (past_k, past_v), (present_k, present_v) in zip(names.past, names.present):
-            feeds[past_k], feeds[past_v] = previous[present_k], previous[present_v]
-        steps.append(Step(f"decode {i + 1}", feeds, runner.infer(feeds), np.ones((len(step_tokens), 1), bool)))
+                 "position_ids": position, **runner.carry_past(outputs)}
+        outputs = runner.infer(feeds)
+        steps.append(Step(f"decode {i + 1}", as_numpy(feeds), as_numpy(outputs), np.ones((len(step_tokens), 1), bool)))
     return steps
 
 
-class RunnerStep:
-    """A runner as a generation step (`jetmoe.generate.Step`): numpy caches carried between calls."""
+def as_numpy(values: dict[str, object]) -> dict[str, np.ndarray]:
+    """Feeds or outputs for comparison: host numpy, bf16 widened to float32 (numpy has no bf16)."""
+    return {name: _numpy(value) for name, value in values.items()}
 
-    def __init__(self, runner: BaseRunner) -> None:
-        self.runner = runner
 
-    def __call__(self, input_ids, attention_mask, position_ids, past):
-        import torch
-
-        config, names = self.runner.config, self.runner.io_names
-        B = input_ids.shape[0]
-        if past is None:
-            empty = np.zeros((B, config.num_key_value_heads, 0, config.kv_channels), dtype=np.float32)
-            past = [empty] * (2 * config.num_hidden_layers)
-        feeds = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy(),
-                 "position_ids": position_ids.numpy()}
-        feeds.update(zip([n for pair in names.past for n in pair], past))
-        out = self.runner.infer(feeds)
-        present = [out[n] for pair in names.present for n in pair]
-        return torch.from_numpy(np.asarray(out["logits"][:, -1], dtype=np.float32)), present
+def _numpy(value: object) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return (value.float() if value.dtype == torch.bfloat16 else value).detach().cpu().numpy()
+    return np.asarray(value)

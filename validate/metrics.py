@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from export.io_names import IoNames
+from jetmoe.io_names import IoNames
 from validate.tolerances import Tolerances
 
 
@@ -73,7 +73,7 @@ def logit_stats(ref: np.ndarray, test: np.ndarray) -> LogitStats:
     top1 = np.mean(ref.argmax(-1) == test.argmax(-1))
     k = min(5, ref.shape[-1])
     top_ref, top_test = np.argsort(-ref, -1)[:, :k], np.argsort(-test, -1)[:, :k]
-    top5 = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_test)])
+    top5 = np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_test, strict=True)])
     log_p, log_q = _log_softmax(ref), _log_softmax(test)
     kl = np.mean(np.sum(np.exp(log_p) * (log_p - log_q), -1))
     return LogitStats(**basic, cosine=float(np.mean(cosine)), top1=float(top1), top5=float(top5),
@@ -97,7 +97,8 @@ def routing_stats(ref_logits: np.ndarray, test_logits: np.ndarray, top_k: int, t
         tie = ranked[:, top_k - 1] - ranked[:, top_k] < tie_margin
     else:
         tie = np.zeros(len(ref_logits), bool)
-    same = np.array([len(np.intersect1d(a, b)) for a, b in zip(ref_sets, test_sets)])  # slots agreeing per token
+    # slots agreeing per token
+    same = np.array([len(np.intersect1d(a, b)) for a, b in zip(ref_sets, test_sets, strict=True)])
     decisions = int((~tie).sum()) * top_k
     agree = float(same[~tie].sum() / decisions) if decisions else 1.0
     flips = int((same[tie] < top_k).sum())

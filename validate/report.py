@@ -34,12 +34,15 @@ def render_table(report) -> str:
                          "--validation-outputs)")
         if backend.generation is not None:
             gen = backend.generation
-            state = "identical" if gen.first_divergent_step is None else f"first divergence at step {gen.first_divergent_step}"
+            state = ("identical" if gen.first_divergent_step is None
+                     else f"first divergence at step {gen.first_divergent_step}")
             lines.append(f"{backend.name:<18} greedy generation, {gen.tokens} tokens: {state}"
                          f"{'' if not gen.failures else '  FAIL'}")
         lines.append(f"{backend.name}: {'PASS' if backend.passed else 'FAIL'}")
     ran = [b for b in report.backends if b.available]
-    verdict = "PASS" if report else ("FAIL" if ran else "FAIL: no backend could run")
+    missing = ", ".join(b.name for b in report.unavailable)
+    verdict = ("PASS" if report else "FAIL: no backend could run" if not ran
+               else f"FAIL ({missing} could not run)" if missing and all(b.passed for b in ran) else "FAIL")
     lines += ["", f"validation: {verdict}"]
     return "\n".join(lines)
 

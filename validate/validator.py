@@ -8,24 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.onnx_runtime import read_manifest
-from jetmoe import checkpoint as ckpt
+from engines.runtime import TrtRunner
+from export.manifest import read_manifest
+from export.onnx_runtime import OnnxrtRunner
 from jetmoe.config import JetMoeConfig
-from jetmoe.errors import CheckpointError, InputError
+from jetmoe.errors import CheckpointError, InputError, Unavailable
+from jetmoe.fileio import atomic_write_text
 from jetmoe.generate import generate
+from jetmoe.model import TASKS
+from jetmoe.runner import EagerRunner, Runner
 from validate import metrics
-from validate.cases import Case, RunnerStep, Step, default_cases, run_case
-from validate.runners import BaseRunner, EagerRunner, OnnxrtRunner, RunnerUnavailable, TrtRunner
+from validate.cases import Case, Step, default_cases, run_case
 from validate.tolerances import DEFAULTS, Tolerances
 
-REFERENCE = "eager-float32"
+log = logging.getLogger(__name__)
+
+REFERENCE = "eager-fp32"
 
 
 @dataclasses.dataclass
@@ -80,18 +85,23 @@ class ValidationReport:
     backends: list[BackendReport]
 
     def __bool__(self) -> bool:
-        ran = [b for b in self.backends if b.available]
-        return bool(ran) and all(b.passed for b in ran)
+        """Passed: every backend asked for ran and matched. A backend that could not run fails the report (a
+        CI gate meant for an engine must not pass on the ONNX alone)."""
+        return bool(self.backends) and all(b.passed for b in self.backends)
+
+    @property
+    def unavailable(self) -> list[BackendReport]:
+        return [b for b in self.backends if not b.available]
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["passed"] = bool(self)
-        for backend, raw in zip(self.backends, out["backends"]):
+        for backend, raw in zip(self.backends, out["backends"], strict=True):
             raw["passed"] = backend.passed
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        ckpt.atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     def table(self) -> str:
         from validate.report import render_table
@@ -110,7 +120,6 @@ def validate_export(
     generation_tokens: int = 16,
     tolerance_overrides: dict[str, str] | None = None,
     polygraphy_dir: str | os.PathLike | None = None,
-    progress: bool = True,
 ) -> ValidationReport:
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
@@ -124,35 +133,34 @@ def validate_export(
     task, dtype = "causal-lm", "fp32"
     if onnx is not None:
         manifest = read_manifest(Path(onnx))
-        _check_same_model(config, JetMoeConfig.from_dict(manifest["config"]), Path(onnx))
-        task, dtype = manifest["task"], manifest["dtype"]
-    say = (lambda message: print(f"[validate] {message}", file=sys.stderr, flush=True)) if progress else (
-        lambda message: None)
+        check_same_model(config, manifest.model_config, Path(onnx))
+        task, dtype = manifest.task, manifest.dtype
 
     cases = default_cases(config, decode_steps, long_context) if task == "causal-lm" else default_cases(
         config, 0, 0)[:1]
-    reference = EagerRunner(checkpoint, task=task)
+    reference = EagerRunner(lambda: TASKS[task].from_pretrained(checkpoint, dtype="fp32"), validation_outputs=True)
     with reference:
-        say(f"reference {REFERENCE}: {len(cases)} cases")
+        log.info("[validate] reference %s: %d cases", REFERENCE, len(cases))
         ref_steps = {case.name: run_case(reference, case) for case in cases}
         ref_generation = _generate(reference, cases[0], generation_tokens) if task == "causal-lm" else None
         if polygraphy_dir is not None and onnx is not None:
             save_polygraphy_reference(reference, Path(onnx), cases[0], Path(polygraphy_dir))
 
-    runners: list[BaseRunner] = [OnnxrtRunner(onnx, provider) for provider in providers] if onnx else []
+    runners: list[Runner] = [OnnxrtRunner(onnx, provider) for provider in providers] if onnx else []
     if engine is not None:
         runners.append(TrtRunner(engine))
     tolerances = DEFAULTS[dtype].replace(tolerance_overrides or {})
     backends = []
     for runner in runners:
-        say(f"backend {runner.name}")
+        log.info("[validate] backend %s", runner.name)
         backends.append(_validate_backend(runner, cases, ref_steps, ref_generation, config, dtype, tolerances))
     return ValidationReport(str(checkpoint), None if onnx is None else str(onnx),
                             None if engine is None else str(engine), REFERENCE,
                             [dataclasses.asdict(c) for c in cases], backends)
 
 
-def _check_same_model(config: JetMoeConfig, exported: JetMoeConfig, onnx: Path) -> None:
+def check_same_model(config: JetMoeConfig, exported: JetMoeConfig, onnx: Path) -> None:
+    """InputError listing every config value where the export's model differs from the checkpoint's."""
     ours, theirs = config.to_dict(), exported.to_dict()
     ours.pop("dtype", None), theirs.pop("dtype", None)
     different = [f"{key}: checkpoint {ours.get(key)!r}, ONNX {theirs.get(key)!r}"
@@ -161,17 +169,17 @@ def _check_same_model(config: JetMoeConfig, exported: JetMoeConfig, onnx: Path) 
         raise InputError(f"{onnx} was exported from a different model than the checkpoint ({'; '.join(different)})")
 
 
-def _validate_backend(runner: BaseRunner, cases: list[Case], ref_steps: dict[str, list[Step]],
+def _validate_backend(runner: Runner, cases: list[Case], ref_steps: dict[str, list[Step]],
                       ref_generation: list[list[int]] | None, config: JetMoeConfig, dtype: str,
                       tolerances: Tolerances) -> BackendReport:
     try:
         runner.activate()
-    except RunnerUnavailable as e:
+    except Unavailable as e:
         return BackendReport(runner.name, dtype, available=False, reason=str(e))
     try:
         report = BackendReport(runner.name, dtype, available=True, tolerances=tolerances)
         for case in cases:
-            for ref, test in zip(ref_steps[case.name], run_case(runner, case)):
+            for ref, test in zip(ref_steps[case.name], run_case(runner, case), strict=True):
                 report.steps.append(compare_step(case.name, ref, test, runner, config, tolerances))
         if ref_generation is not None:
             tokens = _generate(runner, cases[0], len(ref_generation[0]))
@@ -181,7 +189,7 @@ def _validate_backend(runner: BaseRunner, cases: list[Case], ref_steps: dict[str
         runner.deactivate()
 
 
-def compare_step(case: str, ref: Step, test: Step, runner: BaseRunner, config: JetMoeConfig,
+def compare_step(case: str, ref: Step, test: Step, runner: Runner, config: JetMoeConfig,
                  tolerances: Tolerances) -> StepReport:
     names = runner.io_names
     real = ref.real
@@ -222,15 +230,14 @@ def compare_step(case: str, ref: Step, test: Step, runner: BaseRunner, config: J
     return StepReport(case, test.label, logits, kv_max, kv_scale, routing, errors, divergence, failures)
 
 
-def _generate(runner: BaseRunner, case: Case, tokens: int) -> list[list[int]]:
-    return generate(RunnerStep(runner), [list(p) for p in case.prompts], max_new_tokens=tokens,
-                    pad_token_id=runner.config.pad_token_id)
+def _generate(runner: Runner, case: Case, tokens: int) -> list[list[int]]:
+    return generate(runner, [list(p) for p in case.prompts], max_new_tokens=tokens, eos_token_id=None)
 
 
 def _compare_generation(ref: list[list[int]], test: list[list[int]], tolerances: Tolerances) -> GenerationReport:
     first = None
     for step in range(max(len(r) for r in ref)):
-        if any(r[step:step + 1] != t[step:step + 1] for r, t in zip(ref, test)):
+        if any(r[step:step + 1] != t[step:step + 1] for r, t in zip(ref, test, strict=True)):
             first = step
             break
     failures = []

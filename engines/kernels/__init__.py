@@ -4,10 +4,10 @@
     expert_map(x, expert_idx, weight)            -> y [T, K, N]
     expert_reduce(h, expert_idx, gates, weight, bias) -> y [T, D]
 
-Layer 3 of three (STYLE.md, Kernels): importing this package registers the launchers as the CUDA
-implementations of the `jetmoe::expert_map` / `jetmoe::expert_reduce` torch ops when triton and a CUDA
-device are present. Elsewhere nothing changes: the eager ops of `jetmoe.ops` keep serving CPU (and, without
-triton, CUDA) tensors. Triton is imported lazily, so this package imports without it.
+Layer 3 of three (STYLE.md, Kernels): `register_cuda_kernels()` makes the launchers the CUDA implementations
+of the `jetmoe::expert_map` / `jetmoe::expert_reduce` torch ops when triton and a CUDA device are present. It is
+an explicit call (the CLI and the plugins' JIT path make it), never an import side effect. Without it the eager
+ops of `jetmoe.ops` serve every device. Triton is imported lazily, so this package imports without it.
 
 `engines.kernels.aot` compiles the kernels ahead of time for sm_90 (PTX for TensorRT plugins), no GPU needed.
 """
@@ -18,6 +18,7 @@ import importlib.util
 
 from engines.kernels.dispatch import align_by_expert, align_by_expert_reference, expert_map, expert_reduce
 from engines.kernels.launch_config import get_config
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE
 
 __all__ = [
     "align_by_expert", "align_by_expert_reference", "expert_map", "expert_reduce", "get_config",
@@ -58,10 +59,7 @@ def register_cuda_kernels(force: bool = False) -> bool:
         return False
     import jetmoe.ops  # noqa: F401  (defines the ops)
 
-    torch.library.register_kernel("jetmoe::expert_map", "cuda")(_expert_map_cuda)
-    torch.library.register_kernel("jetmoe::expert_reduce", "cuda")(_expert_reduce_cuda)
+    torch.library.register_kernel(EXPERT_MAP.qualified_name, "cuda")(_expert_map_cuda)
+    torch.library.register_kernel(EXPERT_REDUCE.qualified_name, "cuda")(_expert_reduce_cuda)
     _registered = True
     return True
-
-
-register_cuda_kernels()

@@ -25,7 +25,8 @@ from torch import Tensor
 
 from engines.kernels.launch_config import get_config
 from jetmoe.errors import InputError
-from jetmoe.ops import _check_map, _check_reduce
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE
+from jetmoe.ops import check
 
 _INPUT_PRECISION = {torch.float32: "ieee", torch.float16: "tf32", torch.bfloat16: "tf32"}  # fp32: no tf32
 
@@ -145,7 +146,7 @@ def expert_map(x: Tensor, expert_idx: Tensor, weight: Tensor, *, config: dict | 
     Returns y [T, K, N] in x's type (fp32 accumulation).
     Grid: (cdiv(P, BLOCK_M), cdiv(N, BLOCK_N)); a program's rows are one expert's, gathered from x on load.
     """
-    _check_map(x, expert_idx, weight)
+    check(EXPERT_MAP, x, expert_idx, weight)
     _check_placement("expert_map", x=x, expert_idx=expert_idx, weight=weight)
     T, K = expert_idx.shape
     E, N, D = weight.shape
@@ -183,7 +184,7 @@ def expert_reduce(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, 
     (cdiv(P, BLOCK_M), cdiv(D, BLOCK_N))); then a sum kernel adds each token's K rows in slot order and the
     bias in fp32 and casts (grid (T, cdiv(D, BLOCK_D))). No atomics.
     """
-    _check_reduce(h, expert_idx, gates, weight, bias)
+    check(EXPERT_REDUCE, h, expert_idx, gates, weight, bias)
     _check_placement("expert_reduce", h=h, expert_idx=expert_idx, gates=gates, weight=weight, bias=bias)
     T, K, N = h.shape
     E, D, _ = weight.shape

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -10,10 +9,12 @@ import sys
 
 import pytest
 
-from engines import builder, commands
-from engines.errors import EngineError, TensorRTUnavailable, require_cuda_gpu
+from engines import builder
+from engines.flavour import require_cuda_gpu
 from engines.manifest import manifest_path, write_manifest
-from jetmoe.errors import InputError, JetMoeError
+from jetmoe.cli import build_parser
+from jetmoe.errors import EngineError, InputError, JetMoeError, OutputError
+from jetmoe.errors import Unavailable as TensorRTUnavailable
 
 
 @pytest.fixture
@@ -50,29 +51,37 @@ def test_plan_refusals(onnx_copy, tmp_path):
     with pytest.raises(InputError, match="plugin_mode 'fast'"):
         builder.plan_build(onnx_copy, engine, plugin_mode="fast")
     engine.write_bytes(b"old")
-    with pytest.raises(InputError, match="exists; pass overwrite=True"):
+    with pytest.raises(OutputError, match="exists; pass --overwrite"):
         builder.plan_build(onnx_copy, engine)
     with pytest.raises(InputError, match="does not exist"):
         builder.plan_build(onnx_copy, tmp_path / "nope" / "model.engine")
+    with pytest.raises(OutputError, match="would overwrite the input"):
+        builder.plan_build(onnx_copy, onnx_copy.parent / "model.engine")
 
 
 def test_plan_refuses_a_modified_onnx(onnx_copy, tmp_path):
+    data = onnx_copy.with_name("model.onnx.data")
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF  # same size, one weight byte changed
+    data.write_bytes(bytes(raw))
+    with pytest.raises(EngineError, match="model.onnx.data differs .* modified after export"):
+        builder.plan_build(onnx_copy, tmp_path / "model.engine")
     with open(onnx_copy, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(EngineError, match="modified after export"):
+    with pytest.raises(EngineError, match="truncated or replaced"):
         builder.plan_build(onnx_copy, tmp_path / "model.engine")
 
 
 def test_plan_needs_export_json(onnx_copy, tmp_path):
     (onnx_copy.parent / "export.json").unlink()
-    with pytest.raises(EngineError, match="no export.json beside"):
+    with pytest.raises(EngineError, match="export.json is missing"):
         builder.plan_build(onnx_copy, tmp_path / "model.engine")
 
 
 def test_build_without_tensorrt_is_one_clear_error(onnx_copy, tmp_path, no_tensorrt):
     with pytest.raises(TensorRTUnavailable) as e:
-        builder.build_engine(onnx_copy, tmp_path / "model.engine", say=lambda _: None)
-    assert "TensorRT is not installed" in str(e.value) and "NVIDIA's package index" in str(e.value)
+        builder.build_engine(onnx_copy, tmp_path / "model.engine")
+    assert "tensorrt is not installed" in str(e.value) and "NVIDIA's package index" in str(e.value)
     assert isinstance(e.value, JetMoeError) and "\n" not in str(e.value)
     assert not (tmp_path / "model.engine").exists()
 
@@ -86,19 +95,19 @@ def test_plugins_and_runtime_without_tensorrt(tmp_path, no_tensorrt):
     from test_manifest import make_manifest
 
     from engines.plugins import register_plugins
-    from engines.runtime import JetMoeEngine
+    from engines.runtime import TrtRunner
 
-    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+    with pytest.raises(TensorRTUnavailable, match="tensorrt is not installed"):
         register_plugins()
     engine = tmp_path / "model.engine"
     with pytest.raises(InputError, match="no TensorRT engine at"):
-        JetMoeEngine(engine)
+        TrtRunner(engine)
     engine.write_bytes(b"plan")
     with pytest.raises(EngineError, match="no engine manifest"):
-        JetMoeEngine(engine)
+        TrtRunner(engine)
     write_manifest(engine, make_manifest())
-    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
-        JetMoeEngine(engine)
+    with pytest.raises(TensorRTUnavailable, match="tensorrt is not installed"):
+        TrtRunner(engine).activate()
 
 
 def test_no_gpu_is_a_clear_error(monkeypatch):
@@ -113,21 +122,18 @@ def test_atomic_write_bytes(tmp_path, monkeypatch):
     path = tmp_path / "model.engine"
     builder.atomic_write_bytes(path, b"one")
     monkeypatch.setattr(os, "replace", lambda *_: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError):
         builder.atomic_write_bytes(path, b"two")
     assert path.read_bytes() == b"one" and [p.name for p in tmp_path.iterdir()] == ["model.engine"]
 
 
 def test_build_subcommand_parses_and_fails_cleanly(onnx_copy, tmp_path, no_tensorrt):
-    parser = argparse.ArgumentParser(prog="jetmoe")
-    commands.add_build_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["build", str(onnx_copy), "-o", str(tmp_path / "m.engine"), "--max-batch", "4",
+    args = build_parser().parse_args(["build", str(onnx_copy), "-o", str(tmp_path / "m.engine"), "--max-batch", "4",
                               "--max-seq", "64", "--opt-batch", "2", "--timing-cache", str(tmp_path / "t.cache"),
                               "--builder-optimization-level", "2"])
     assert (args.max_batch, args.max_seq, args.opt_batch, args.builder_optimization_level) == (4, 64, 2, 2)
     assert args.plugin_mode == "aot"
     with pytest.raises(TensorRTUnavailable):
         args.run(args)
-    assert commands.EXIT_UNAVAILABLE == 2
     assert not manifest_path(tmp_path / "m.engine").exists()
     assert json.loads((onnx_copy.parent / "export.json").read_text())["dtype"] == "fp32"

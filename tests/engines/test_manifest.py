@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from engines.errors import EngineError, EngineMismatch
 from engines.manifest import (
     EngineManifest,
     check_compatible,
@@ -18,8 +17,9 @@ from engines.manifest import (
 )
 from engines.plugins import plugin_versions
 from engines.profiles import make_profiles, resolve_limits
-from export.io_names import IoNames
 from jetmoe.config import JetMoeConfig
+from jetmoe.errors import EngineError, EngineMismatch, OutputError
+from jetmoe.io_names import IoNames
 
 TINY = JetMoeConfig.from_preset("tiny")
 
@@ -58,7 +58,7 @@ def test_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="could not write .*model.engine.json: disk full"):
         write_manifest(engine, make_manifest(dtype="fp32"))
     assert manifest_path(engine).read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.engine.json"]
@@ -84,6 +84,15 @@ def test_compatible_here():
     assert check_compatible(make_manifest(), **HERE) == []
 
 
+def test_a_tensorrt_rtx_engine_runs_on_any_of_its_targets():
+    rtx = make_manifest(backend="tensorrt-rtx", gpu_name="", compute_capability=(8, 6),
+                        compute_capabilities=[[8, 6], [8, 9]], plugins={}, plugin_mode="none", dispatch="portable")
+    here = {**HERE, "compute_capability": (8, 9), "gpu_name": "NVIDIA GeForce RTX 4090", "plugins": {}}
+    assert check_compatible(rtx, **here) == []  # no GPU name recorded: nothing to warn about
+    with pytest.raises(EngineMismatch, match="built for compute capability 8.6, 8.9 but this GPU"):
+        check_compatible(rtx, **{**here, "compute_capability": (12, 0)})
+
+
 def test_other_gpu_model_same_capability_is_a_warning():
     (warning,) = check_compatible(make_manifest(gpu_name="NVIDIA H100 80GB HBM3"), **HERE)
     assert "tuned on NVIDIA H100 80GB HBM3, running on NVIDIA H200" in warning
@@ -95,7 +104,8 @@ def test_other_gpu_model_same_capability_is_a_warning():
      "built for compute capability 9.0 (NVIDIA H200) but this GPU, NVIDIA A100, is 8.0"),
     ({"plugins": {"jetmoe::expert_map": "2", "jetmoe::expert_reduce": "1"}},
      "plugin jetmoe::expert_map version 1 but this jetmoe-trt defines version 2"),
-    ({"plugins": {"jetmoe::expert_reduce": "1"}}, "plugin jetmoe::expert_map version 1, which this jetmoe-trt does not"),
+    ({"plugins": {"jetmoe::expert_reduce": "1"}},
+     "plugin jetmoe::expert_map version 1, which this jetmoe-trt does not"),
 ])
 def test_mismatches_are_errors(here, message):
     with pytest.raises(EngineMismatch) as e:

@@ -18,7 +18,6 @@ from engines import plugin_kernels
 from engines.plugins import (
     INDEX_TYPES,
     PLUGINS,
-    ROUTING_ATTRIBUTES,
     check_signatures,
     define,
     plugin_versions,
@@ -26,6 +25,7 @@ from engines.plugins import (
 from export import schema
 from export.exporter import export_checkpoint
 from jetmoe.config import JetMoeConfig
+from jetmoe.op_contract import NAMESPACE, OPS, VERSION
 from jetmoe.random_weights import write_random_checkpoint
 
 ONNX_ATTR_TYPES = {int: onnx.AttributeProto.INT, float: onnx.AttributeProto.FLOAT}  # what a plugin field may be
@@ -35,16 +35,17 @@ ONNX_ATTR_TYPES = {int: onnx.AttributeProto.INT, float: onnx.AttributeProto.FLOA
 def exported_tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plugin-contract")
     checkpoint = write_random_checkpoint(folder / "ckpt", JetMoeConfig.from_preset("tiny"))
-    return onnx.load(export_checkpoint(checkpoint, folder / "onnx", progress=False), load_external_data=False)
+    return onnx.load(export_checkpoint(checkpoint, folder / "onnx"), load_external_data=False)
 
 
 def test_one_plugin_per_op_with_the_schema_names_and_inputs():
-    assert list(PLUGINS) == list(schema.OPS)
+    assert list(PLUGINS) == list(OPS)
     for name, spec in PLUGINS.items():
-        op = schema.OPS[name]
-        assert (spec.name, spec.inputs, spec.outputs) == (op.name, op.inputs, op.outputs)
-        assert spec.namespace == schema.PLUGIN_NAMESPACE == schema.DOMAIN
-        assert spec.version == schema.PLUGIN_VERSION == "1"  # QDPs are always version 1
+        op = OPS[name]
+        assert (spec.name, spec.inputs, spec.outputs) == (op.name, op.input_names, op.output_names)
+        assert spec.plugin_id == op.qualified_name
+        assert spec.namespace == NAMESPACE == schema.DOMAIN
+        assert spec.version == VERSION == "1"  # QDPs are always version 1
         assert "." not in spec.namespace and spec.namespace not in ("", "trt", "tensorrt", "std")
     assert plugin_versions() == {"jetmoe::expert_map": "1", "jetmoe::expert_reduce": "1"}
 
@@ -52,9 +53,9 @@ def test_one_plugin_per_op_with_the_schema_names_and_inputs():
 def test_declared_attributes_match_the_schema():
     """Node attributes minus the parser's routing attributes are the plugin fields, in order, with types."""
     for name, spec in PLUGINS.items():
-        node_attributes = schema.OPS[name].attributes
-        assert tuple(node_attributes)[:2] == ROUTING_ATTRIBUTES
-        fields = [k for k in node_attributes if k not in ROUTING_ATTRIBUTES]
+        node_attributes = schema.node_attributes(OPS[name])
+        assert tuple(node_attributes)[:2] == tuple(schema.PARSER_ATTRIBUTES)
+        fields = [k for k in node_attributes if k not in schema.PARSER_ATTRIBUTES]
         assert fields == list(spec.attribute_names) == []
         for _, kind, default in spec.attributes:  # none today; a future one must be INT/FLOAT with a default
             assert kind in ONNX_ATTR_TYPES and isinstance(default, kind)
@@ -70,7 +71,7 @@ def test_exported_nodes_match_the_plugins(exported_tiny):
         assert attrs["plugin_namespace"].type == onnx.AttributeProto.STRING
         assert attrs["plugin_namespace"].s.decode() == spec.namespace
         assert attrs["plugin_version"].s.decode() == spec.version
-        fields = [a.name for a in node.attribute if a.name not in ROUTING_ATTRIBUTES]
+        fields = [a.name for a in node.attribute if a.name not in schema.PARSER_ATTRIBUTES]
         assert fields == list(spec.attribute_names)
         assert len(node.input) == len(spec.inputs) and len(node.output) == len(spec.outputs)
         assert "aot" not in attrs  # the builder picks AOT/JIT with a network flag
@@ -132,7 +133,8 @@ class FakeKernel(NamedTuple):
 
 
 def fake_compile(op, desc, index_desc, tactic):
-    return FakeKernel(f"{op}_{desc.dtype.name}_{index_desc.dtype.name}", ".entry", 4, 256), plugin_kernels.TACTICS[tactic]
+    kernel = FakeKernel(f"{op}_{desc.dtype.name}_{index_desc.dtype.name}", ".entry", 4, 256)
+    return kernel, plugin_kernels.TACTICS[tactic]
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +152,8 @@ def test_functions_take_exactly_inputs_attributes_and_qdp_arguments(functions):
 def test_output_descriptors_are_static_shape_expressions(functions):
     x, idx, w_map = FakeDesc("T,D"), FakeDesc("T,K", "INT64"), FakeDesc("E,N,D")
     assert functions["expert_map"]["register"](x, idx, w_map) == ((("T", "K", "N"), "BF16"),)
-    h, gates, w_red, bias = FakeDesc("T,K,N", "FP16"), FakeDesc("T,K", "FP16"), FakeDesc("E,D,N", "FP16"), FakeDesc("D", "FP16")
+    h, gates = FakeDesc("T,K,N", "FP16"), FakeDesc("T,K", "FP16")
+    w_red, bias = FakeDesc("E,D,N", "FP16"), FakeDesc("D", "FP16")
     assert functions["expert_reduce"]["register"](h, idx, gates, w_red, bias) == ((("T", "D"), "FP16"),)
 
 

@@ -38,7 +38,8 @@ for T, K, E, N, D in ((1, 2, 8, 16, 24), (5, 2, 4, 37, 29), (7, 3, 5, 11, 130), 
             y = expert_map_rows(x, idx, w, tactic)
             ref = expert_map_reference(x.float(), idx.long(), torch.nan_to_num(w.float()))
             z = expert_reduce_rows(h, idx, gates, w2, bias, tactic)
-            ref2 = expert_reduce_reference(h.float(), idx.long(), gates.float(), torch.nan_to_num(w2.float()), bias.float())
+            ref2 = expert_reduce_reference(h.float(), idx.long(), gates.float(), torch.nan_to_num(w2.float()),
+                                           bias.float())
             out.append(dict(case=[T, K, E, N, D], dtype=str(dtype), tactic=tactic, shape=list(y.shape),
                             shape2=list(z.shape),
                             map_err=(y.float() - ref).abs().max().item() if T else 0.0,
@@ -72,7 +73,8 @@ if ptxas:
         k = compile_ptx(op, dtype, index, int(tactic), 90)
         with tempfile.TemporaryDirectory() as d:
             src = os.path.join(d, "k.ptx"); open(src, "w").write(k.ptx)
-            done = subprocess.run([ptxas, "-arch=sm_90a", src, "-o", os.path.join(d, "k.cubin")], capture_output=True, text=True)
+            done = subprocess.run([ptxas, "-arch=sm_90a", src, "-o", os.path.join(d, "k.cubin")],
+                                  capture_output=True, text=True)
             out[key]["assembles"] = "ok" if done.returncode == 0 else done.stderr[-500:]
 json.dump(out, sys.stdout)
 """
@@ -86,8 +88,8 @@ def _run(script: str, interpret: bool) -> object:
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=False, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=False, capture_output=True,
+                          text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 

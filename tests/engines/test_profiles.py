@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 
 from engines.profiles import Profile, make_profiles, resolve_limits, select_profile
-from export.io_names import IoNames
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import InputError
+from jetmoe.io_names import IoNames
 
 TINY = JetMoeConfig.from_preset("tiny")  # 2 layers, 4 kv heads x 16, context 512
 NAMES = IoNames(TINY.num_hidden_layers)
 
 
 def test_defaults_come_from_the_config():
-    limits = resolve_limits(TINY)
-    assert (limits.max_batch, limits.max_seq, limits.opt_batch, limits.opt_seq, limits.opt_past) == (1, 512, 1, 256, 255)
+    limits = resolve_limits(TINY, max_batch=1, max_seq=None)
+    got = (limits.max_batch, limits.max_seq, limits.opt_batch, limits.opt_seq, limits.opt_past)
+    assert got == (1, 512, 1, 256, 255)
 
 
 def test_prefill_and_decode_shapes_for_every_input():
@@ -32,7 +33,8 @@ def test_prefill_and_decode_shapes_for_every_input():
 
 
 def test_sequence_classification_has_one_profile_without_cache():
-    (profile,) = make_profiles(TINY, IoNames(2, "sequence-classification"), resolve_limits(TINY, max_seq=8))
+    limits = resolve_limits(TINY, max_batch=1, max_seq=8)
+    (profile,) = make_profiles(TINY, IoNames(2, "sequence-classification"), limits)
     assert profile.name == "forward" and list(profile.shapes) == ["input_ids", "attention_mask"]
 
 
@@ -47,7 +49,7 @@ def test_sequence_classification_has_one_profile_without_cache():
 ])
 def test_bad_limits_are_refused_with_the_value(kwargs, message):
     with pytest.raises(InputError) as e:
-        resolve_limits(TINY, **kwargs)
+        resolve_limits(TINY, **{"max_batch": 1, "max_seq": None, **kwargs})
     assert message in str(e.value)
 
 
@@ -73,5 +75,5 @@ def test_select_profile_by_shape():
 
 
 def test_profile_round_trips_through_dict():
-    for profile in make_profiles(TINY, NAMES, resolve_limits(TINY)):
+    for profile in make_profiles(TINY, NAMES, resolve_limits(TINY, max_batch=1, max_seq=None)):
         assert Profile.from_dict(profile.to_dict()) == profile

@@ -47,6 +47,7 @@ def test_manifest_written(engine_path):
 
     manifest = read_manifest(engine_path)
     assert manifest.limits.max_batch == MAX_BATCH and manifest.compute_capability == torch.cuda.get_device_capability()
+    assert manifest.backend == "tensorrt" and manifest.dispatch == "plugin"
     assert engine_path.with_suffix(".cache").is_file()
 
 
@@ -60,17 +61,20 @@ def test_validates_against_eager(engine_path, tiny_checkpoint):
 
 
 def test_generate_matches_eager(engine_path, tiny_checkpoint):
-    from engines.runtime import JetMoeEngine
+    from engines.runtime import TrtRunner
+    from jetmoe.generate import generate
 
     _, model = tiny_checkpoint
     prompts = [[1, 306, 4658, 278], [1, 7]]
-    engine = JetMoeEngine(engine_path)
     expected = model.generate(prompts, max_new_tokens=12)
-    assert engine.generate(prompts, max_new_tokens=12) == expected
-    assert engine.generate(prompts, max_new_tokens=12) == expected  # second run replays captured decode graphs
-    assert engine._graphs, "no decode CUDA graph was captured on the repeated generation"
-    sampled = {"do_sample": True, "temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3, "max_new_tokens": 8}
-    assert engine.generate(prompts, **sampled) == model.generate(prompts, **sampled)
+    with TrtRunner(engine_path) as runner:
+        assert generate(runner, prompts, max_new_tokens=12) == expected
+        sampled = {"do_sample": True, "temperature": 0.8, "top_k": 20, "top_p": 0.9, "seed": 3, "max_new_tokens": 8}
+        assert generate(runner, prompts, **sampled) == model.generate(prompts, **sampled)
+    with TrtRunner(engine_path, cuda_graphs=True) as runner:
+        assert generate(runner, prompts, max_new_tokens=12) == expected
+        assert generate(runner, prompts, max_new_tokens=12) == expected  # replays the captured decode graphs
+        assert runner._graphs, "no decode CUDA graph was captured on the repeated generation"
 
 
 def test_trtexec_runs_the_aot_engine_without_python(engine_path):

@@ -89,5 +89,6 @@ def test_export_and_onnx_generate(checkpoint, tmp_path, capsys):
     assert onnx_lines == capsys.readouterr().out.split()
     assert main(["export", str(checkpoint), "-o", str(tmp_path / "onnx")]) == 1
     assert "already exists; pass --overwrite" in capsys.readouterr().err
-    assert main(["generate", str(tmp_path / "onnx" / "model.onnx"), "--prompt-ids", "1", "--provider", "tpu"]) == 1
-    assert "--provider 'tpu'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # a usage error: argparse exits 2
+        main(["generate", str(tmp_path / "onnx" / "model.onnx"), "--prompt-ids", "1", "--provider", "tpu"])
+    assert usage.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err

@@ -29,7 +29,7 @@ def argmax_without_cache(model, prompt, steps):
 def test_greedy_uses_the_cache_correctly(model):
     prompts = [[7, 8, 9, 10, 11, 12], [100, 3], [400]]
     got = model.generate(prompts, max_new_tokens=10, eos_token_id=None)
-    for prompt, tokens in zip(prompts, got):
+    for prompt, tokens in zip(prompts, got, strict=True):
         assert tokens == argmax_without_cache(model, prompt, 10)
 
 

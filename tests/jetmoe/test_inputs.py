@@ -24,7 +24,8 @@ def test_token_ids_outside_the_vocabulary(model):
 
 
 def test_sequences_longer_than_max_position_embeddings(model):
-    with pytest.raises(InputError, match=r"sequence length 65 \(cached 0 \+ new 65\) exceeds max_position_embeddings=64"):
+    with pytest.raises(InputError,
+                       match=r"sequence length 65 \(cached 0 \+ new 65\) exceeds max_position_embeddings=64"):
         model(torch.ones(1, 65, dtype=torch.long))
     with torch.no_grad():
         past = model(torch.ones(1, 60, dtype=torch.long), use_cache=True).past_key_values

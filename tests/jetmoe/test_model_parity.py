@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jetmoe import JetMoeConfig, JetMoeForCausalLM, JetMoeForSequenceClassification, KVCache
+from jetmoe import JetMoeForCausalLM, JetMoeForSequenceClassification, KVCache
 from jetmoe.random_weights import init_random_
 from tests import known_bugs
 from tests.conftest import CONFIGS, make_model
@@ -44,12 +44,12 @@ def test_forward_matches_hf(pair, config):
     assert abs(o.loss.item() - h.loss.item()) < FP32_TOL
     assert abs(o.aux_loss.item() - h.aux_loss.item()) < FP32_TOL
     assert len(o.router_logits) == len(h.router_logits) == 2 * config.num_hidden_layers
-    for a, b in zip(o.router_logits, h.router_logits):
+    for a, b in zip(o.router_logits, h.router_logits, strict=True):
         assert a.dtype == torch.float32 and max_diff(a, b) < FP32_TOL
     assert len(o.hidden_states) == len(h.hidden_states) == config.num_hidden_layers + 1
-    for a, b in zip(o.hidden_states, h.hidden_states):
+    for a, b in zip(o.hidden_states, h.hidden_states, strict=True):
         assert max_diff(a, b) < FP32_TOL
-    for a, b in zip(o.attentions, h.attentions):
+    for a, b in zip(o.attentions, h.attentions, strict=True):
         assert a.shape == b.shape and max_diff(a, b) < FP32_TOL
 
 
@@ -184,9 +184,9 @@ def test_classification_without_pad_token_needs_batch_of_one():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_half_precision_matches_hf(config, dtype, tmp_path, transformers):
     """bf16/fp16 on both sides from the same fp32 checkpoint. Tolerance: 1% of the logit range (both round at
-    every op; measured: bit-identical here); router decisions must agree for >= 95% of (token, slot). HF runs its SDPA attention, as
-    we do without output_attentions: its eager attention rounds the scores to bf16 before the softmax, which
-    with O(10) scores is a different (less accurate) model."""
+    every op; measured: bit-identical here); router decisions must agree for >= 95% of (token, slot). HF runs its
+    SDPA attention, as we do without output_attentions: its eager attention rounds the scores to bf16 before the
+    softmax, which with O(10) scores is a different (less accurate) model."""
     make_model(config).save_pretrained(tmp_path)
     ours = JetMoeForCausalLM.from_pretrained(tmp_path, dtype=dtype)
     hf = hf_load(transformers, tmp_path, dtype=dtype, attn="sdpa")
@@ -199,7 +199,7 @@ def test_half_precision_matches_hf(config, dtype, tmp_path, transformers):
     print(dtype, "max |diff| / max |logit|", max_diff(o.logits, h.logits) / scale)
     assert max_diff(o.logits, h.logits) <= 0.01 * scale
     agree = [float((a.topk(config.num_experts_per_tok).indices == b.topk(config.num_experts_per_tok).indices)
-                   .float().mean()) for a, b in zip(o.router_logits, h.router_logits)]
+                   .float().mean()) for a, b in zip(o.router_logits, h.router_logits, strict=True)]
     assert min(agree) >= 0.95
 
 

@@ -93,8 +93,10 @@ def test_bad_inputs_name_the_value():
         ops.expert_map(x, idx.float(), w_map)
     with pytest.raises(InputError, match=r"bias must be \[D=8\]"):
         ops.expert_reduce(h, idx, gates, w_red, bias[:5])
-    with pytest.raises(InputError, match="share a float type"):
+    with pytest.raises(InputError, match="gates must be fp32/fp16/bf16, got torch.float64"):
         ops.expert_reduce(h, idx, gates.double(), w_red, bias)
+    with pytest.raises(InputError, match="share a float type"):
+        ops.expert_reduce(h, idx, gates.half(), w_red, bias)
 
 
 def test_router_ties_pick_what_torch_topk_picks():

@@ -12,8 +12,7 @@ from validate.bench import bench
 
 
 def test_bench_times_every_backend(exported, tiny_checkpoint, tmp_path, capsys):
-    report = bench(tiny_checkpoint[0], exported(), batches=(1, 2), prompt_tokens=8, context=8, reps=2, warmup=1,
-                   progress=False)
+    report = bench(tiny_checkpoint[0], exported(), batches=(1, 2), prompt_tokens=8, context=8, reps=2, warmup=1)
     names = {t.backend for t in report.timings}
     assert {"eager", "onnxruntime"} <= names
     assert "tensorrt" in report.unavailable
@@ -31,4 +30,4 @@ def test_bench_bad_input(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError):
         bench(tmp_path / "missing")
     with pytest.raises(InputError, match="fit max_position_embeddings=512"):
-        bench(tiny_checkpoint[0], context=600, progress=False)
+        bench(tiny_checkpoint[0], context=600)

@@ -20,7 +20,7 @@ from validate.metrics import Divergence
 from validate.validator import validate_export
 
 pytest.importorskip("onnxruntime")
-FAST = dict(decode_steps=2, long_context=40, generation_tokens=8, progress=False)
+FAST = dict(decode_steps=2, long_context=40, generation_tokens=8)
 
 
 def first_failure(report):
@@ -53,7 +53,7 @@ def test_export_without_validation_outputs_still_validates_logits(exported, tiny
 def _export_with(monkeypatch, tiny_checkpoint, tmp_path, patch):
     with monkeypatch.context() as m:
         patch(m)
-        return export_checkpoint(tiny_checkpoint[0], tmp_path / "broken", validation_outputs=True, progress=False)
+        return export_checkpoint(tiny_checkpoint[0], tmp_path / "broken", validation_outputs=True)
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def test_polygraphy_reference_passes_polygraphy(exported, tiny_checkpoint, tmp_p
     onnx_path = exported()
     validate_export(tiny_checkpoint[0], onnx=onnx_path, polygraphy_dir=tmp_path, **FAST)
     results = RunResults.load(str(tmp_path / "reference.json"))
-    assert results[0][0] == "eager-float32" and "logits" in results[0][1][0]
+    assert results[0][0] == "eager-fp32" and "logits" in results[0][1][0]
     polygraphy = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
     assert polygraphy, "the polygraphy command comes with the polygraphy package"
     command = [polygraphy, "run", str(onnx_path), "--onnxrt",
@@ -123,19 +123,31 @@ def test_bad_input(exported, tiny_checkpoint, tmp_path):
     from tests.conftest import CONFIGS, make_model
 
     make_model(CONFIGS["tiny"].replace(num_hidden_layers=3)).save_pretrained(other)
-    with pytest.raises(InputError, match="different model than the checkpoint.*num_hidden_layers: checkpoint 3, ONNX 2"):
+    with pytest.raises(InputError,
+                       match="different model than the checkpoint.*num_hidden_layers: checkpoint 3, ONNX 2"):
         validate_export(other, onnx=exported(), **FAST)
 
 
-def test_engine_without_tensorrt_is_reported_unavailable(exported, tiny_checkpoint, tmp_path):
+def test_engine_without_tensorrt_fails_the_report(exported, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """An engine asked for but unable to run here must not let the run pass on the ONNX alone (a CI gate)."""
+    from engines.manifest import write_manifest
+    from tests.engines.test_manifest import make_manifest
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # also on a machine that has TensorRT
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"not really an engine")
+    write_manifest(engine, make_manifest())
     report = validate_export(tiny_checkpoint[0], onnx=exported(), engine=engine, **FAST)
     trt = report.backends[-1]
-    assert trt.name == "tensorrt" and not trt.available and "TensorRT" in trt.reason
-    assert report  # ONNX Runtime ran and passed; the missing backend is reported, not failed
+    assert trt.name == "tensorrt" and not trt.available and "tensorrt is not installed" in trt.reason
+    assert report.backends[0].passed and not report
+    assert "FAIL (tensorrt could not run)" in report.table()
     only_engine = validate_export(tiny_checkpoint[0], engine=engine, **FAST)
     assert not only_engine and "no backend could run" in only_engine.table()
+    args = ["validate", str(tiny_checkpoint[0]), "--onnx", str(exported()), "--engine", str(engine),
+            "--decode-steps", "1", "--long-context", "0", "--generation-tokens", "4"]
+    assert main(args) == 2
+    assert "validation is incomplete" in capsys.readouterr().err
 
 
 def test_cli_exit_codes(exported, tiny_checkpoint, tmp_path, capsys):

@@ -49,7 +49,8 @@ def test_alignment(case, index_dtype, device):
         else:
             assert (flat[rows.long()] == e).all() and rows.tolist() == sorted(rows.tolist())
     # and exactly the dumb reference's answer
-    for got, ref in zip((sorted_rows, block_expert, num_padded), align_by_expert_reference(idx.cpu(), E, block_m)):
+    reference = align_by_expert_reference(idx.cpu(), E, block_m)
+    for got, ref in zip((sorted_rows, block_expert, num_padded), reference, strict=True):
         assert torch.equal(got, ref)
 
 

@@ -1,8 +1,11 @@
-"""Names of an exported graph's inputs and outputs, shared by the exporter and every runtime that feeds it."""
+"""Names of an exported graph's inputs and outputs: the vocabulary of the runner contract (jetmoe/runner.py),
+shared by the exporter, every runner, the engine builder and the validator."""
 
 from __future__ import annotations
 
 import dataclasses
+
+from jetmoe.config import JetMoeConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,12 +16,16 @@ class IoNames:
 
     @property
     def past(self) -> list[tuple[str, str]]:
-        """Per layer, the (key, value) input names: [B, H_kv, past_seq, Dh]."""
+        """Per layer, the (key, value) input names: [B, H_kv, past_seq, Dh] (none without a cache)."""
+        if self.task != "causal-lm":
+            return []
         return [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(self.num_layers)]
 
     @property
     def present(self) -> list[tuple[str, str]]:
-        """Per layer, the (key, value) output names: [B, H_kv, past_seq + seq, Dh]."""
+        """Per layer, the (key, value) output names: [B, H_kv, past_seq + seq, Dh] (none without a cache)."""
+        if self.task != "causal-lm":
+            return []
         return [(f"present.{i}.key", f"present.{i}.value") for i in range(self.num_layers)]
 
     @property
@@ -57,3 +64,20 @@ class IoNames:
         if self.task == "causal-lm":
             labels += [(self.past[0][0], 2, "past_seq"), ("attention_mask", 1, "total_seq")]
         return labels
+
+
+class ModelRecord:
+    """What a manifest that records a model has (its `config` dict, `task`, `validation_outputs`): the config and
+    the graph's names. Mixed into the export and engine manifests."""
+
+    config: dict
+    task: str
+    validation_outputs: bool
+
+    @property
+    def model_config(self) -> JetMoeConfig:
+        return JetMoeConfig.from_dict(self.config)
+
+    @property
+    def io_names(self) -> IoNames:
+        return IoNames(self.model_config.num_hidden_layers, self.task, self.validation_outputs)

@@ -1,0 +1,14 @@
+"""`jetmoe lint`: the transcribed TensorRT operator table (export/lint.py) and, where a TensorRT flavour is
+importable, its real ONNX parser, node by node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.lint import LintReport, lint_model
+
+
+def lint_file(model: Path) -> LintReport:
+    import onnx
+
+    return lint_model(onnx.load(model, load_external_data=False))

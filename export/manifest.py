@@ -1,0 +1,135 @@
+"""`export.json`: what an export folder holds, as a typed record with one reader.
+
+Written by the exporter, read by the ONNX Runtime runner, the TensorRT builder and the validator. The reader
+checks the format and its version, and `verify_files` checks the files against the recorded sizes (cheap,
+catches truncation and a missing model.onnx.data) or sha256s (reads every byte: the validator and the builder
+do it before trusting a run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from jetmoe import dtypes
+from jetmoe.errors import ConfigError, ExportError
+from jetmoe.fileio import atomic_write_text, file_sha256
+from jetmoe.io_names import IoNames, ModelRecord
+
+MODEL_NAME = "model.onnx"
+DATA_NAME = "model.onnx.data"
+MANIFEST_NAME = "export.json"
+FORMAT = "jetmoe-trt export"
+FORMAT_VERSION = 2  # 2: files record bytes and sha256; dispatch recorded
+
+
+@dataclasses.dataclass(frozen=True)
+class FileRecord:
+    bytes: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportManifest(ModelRecord):
+    task: str  # "causal-lm" or "sequence-classification"
+    dtype: str  # "fp32", "fp16", "bf16": the graph's float type
+    opset: int
+    dispatch: str  # "plugin" (jetmoe nodes + local functions) or "portable" (standard ONNX ops only)
+    config: dict[str, Any]  # JetMoeConfig.to_dict()
+    checkpoint: str  # the folder exported from
+    inputs: list[dict[str, Any]]  # [{"name", "type", "shape"}] as in model.onnx
+    outputs: list[dict[str, Any]]
+    validation_outputs: bool
+    custom_ops: list[dict[str, Any]]
+    files: dict[str, FileRecord]  # file name -> size and sha256
+    versions: dict[str, str]
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def float_type(self) -> dtypes.DType:
+        return dtypes.float_dtype(self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        path = Path(folder) / MANIFEST_NAME
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str) -> ExportManifest:
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ExportError(f"{where} is not a jetmoe-trt export manifest")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise ExportError(f"{where} has format version {raw.get('format_version')!r}; this jetmoe-trt reads "
+                              f"version {FORMAT_VERSION}: export again with `jetmoe export`")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(fields - set(raw))
+        if missing:
+            raise ExportError(f"{where} lacks {missing}: export again with `jetmoe export`")
+        try:
+            values = {k: raw[k] for k in fields}
+            values["files"] = {name: FileRecord(**record) for name, record in raw["files"].items()}
+            manifest = cls(**values)
+            config = manifest.model_config
+            manifest.float_type  # noqa: B018  (checks the dtype name)
+        except (TypeError, AttributeError, ConfigError, ValueError) as e:
+            raise ExportError(f"{where} is damaged ({e}): export again") from None
+        if manifest.task not in ("causal-lm", "sequence-classification"):
+            raise ExportError(f"{where} names an unknown task {manifest.task!r}")
+        names = IoNames(config.num_hidden_layers, manifest.task, manifest.validation_outputs)
+        recorded = [io["name"] for io in manifest.inputs]
+        if recorded != names.inputs:
+            raise ExportError(f"{where} lists inputs {recorded[:4]}... ({len(recorded)}), but its config "
+                              f"({config.num_hidden_layers} layers, {manifest.task}) means {len(names.inputs)}: "
+                              f"the manifest was edited or damaged; export again")
+        return manifest
+
+    def verify_files(self, folder: str | os.PathLike, *, sha256: bool) -> None:
+        """Every recorded file present with its size (and, with `sha256`, its digest); ExportError otherwise."""
+        folder = Path(folder)
+        for name, record in self.files.items():
+            path = folder / name
+            if not path.is_file():
+                raise ExportError(f"{path} is missing: model.onnx and {DATA_NAME} must stay together in the export "
+                                  f"folder (export.json lists {sorted(self.files)})")
+            size = path.stat().st_size
+            if size != record.bytes:
+                raise ExportError(f"{path} has {size} bytes, export.json records {record.bytes}: the file was "
+                                  f"truncated or replaced; export again")
+            if sha256 and file_sha256(path) != record.sha256:
+                raise ExportError(f"{path} differs from the file export.json describes (sha256 "
+                                  f"{record.sha256[:12]}...): it was modified after export; export again")
+
+
+def model_path(path: str | os.PathLike) -> Path:
+    """model.onnx from a path to it or to its export folder (ExportError naming what is there instead)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / MODEL_NAME).is_file():
+            return path / MODEL_NAME
+        raise ExportError(f"{path} is a folder without {MODEL_NAME}; give an export folder or its model.onnx")
+    if not path.is_file():
+        raise ExportError(f"no ONNX model at {path}")
+    return path
+
+
+def read_manifest(path: str | os.PathLike) -> ExportManifest:
+    """The manifest beside model.onnx (`path` is model.onnx or its folder)."""
+    where = model_path(path).parent / MANIFEST_NAME
+    try:
+        raw = json.loads(where.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{where} is missing: {path} was not written by `jetmoe export`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExportError(f"{where} is not valid JSON: {e}") from None
+    return ExportManifest.from_dict(raw, str(where))
+
+
+def file_records(folder: Path, names: list[str]) -> dict[str, FileRecord]:
+    return {name: FileRecord((folder / name).stat().st_size, file_sha256(folder / name)) for name in names}

@@ -1,0 +1,7 @@
+"""`python -m jetmoe`: the `jetmoe` command."""
+
+import sys
+
+from jetmoe.cli import main
+
+sys.exit(main())
