@@ -1,4 +1,9 @@
-"""The @triton.jit kernels of the AOT plugins (imports triton; import this module lazily). See plugin_kernels.py."""
+"""The @triton.jit kernels of the AOT plugins (imports triton; import this module lazily). See plugin_kernels.py.
+
+An expert id outside [0, E) (TensorRT times plugin tactics on made-up inputs) reads no memory: a branch around
+the row's loads (uniform per program, so the inner loop is the unchecked one) skips its weight, activation and
+gate, and the (token, slot) row contributes zero (map: a zero row).
+"""
 
 import triton
 import triton.language as tl
@@ -9,7 +14,7 @@ def _expert_map_rows_kernel(
     x_ptr,
     expert_idx_ptr,
     w_ptr,
-    R, K, N, D,
+    R, K, N, D, E,
     y_ptr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -19,14 +24,16 @@ def _expert_map_rows_kernel(
     t = (r // K).to(tl.int64)
     e = tl.load(expert_idx_ptr + r).to(tl.int64)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    w_rows = w_ptr + e * N * D + offs_n.to(tl.int64)[:, None] * D
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + t * D + offs_k, mask=offs_k < D, other=0.0).to(tl.float32)
-        w = tl.load(w_rows + offs_k[None, :], mask=(offs_n[:, None] < N) & (offs_k[None, :] < D), other=0.0)
-        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    if (e >= 0) & (e < E):  # else: no load at all, a zero row
+        w_rows = w_ptr + e * N * D + offs_n.to(tl.int64)[:, None] * D
+        for k0 in range(0, D, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + t * D + offs_k, mask=offs_k < D, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + offs_k[None, :], mask=(offs_n[:, None] < N) & (offs_k[None, :] < D), other=0.0)
+            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
     tl.store(y_ptr + r.to(tl.int64) * N + offs_n, acc.to(y_ptr.dtype.element_ty), mask=offs_n < N)
+
 
 @triton.jit
 def _expert_reduce_rows_kernel(
@@ -35,7 +42,7 @@ def _expert_reduce_rows_kernel(
     gates_ptr,
     w_ptr,
     bias_ptr,
-    T, K, N, D,
+    T, K, N, D, E,
     y_ptr,
     BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -47,14 +54,15 @@ def _expert_reduce_rows_kernel(
     for j in range(K):
         r = (t * K + j).to(tl.int64)
         e = tl.load(expert_idx_ptr + r).to(tl.int64)
-        gate = tl.load(gates_ptr + r).to(tl.float32)
-        w_rows = w_ptr + e * D * N + offs_d.to(tl.int64)[:, None] * N
-        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for k0 in range(0, N, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            h = tl.load(h_ptr + r * N + offs_k, mask=offs_k < N, other=0.0).to(tl.float32)
-            w = tl.load(w_rows + offs_k[None, :], mask=(offs_d[:, None] < D) & (offs_k[None, :] < N), other=0.0)
-            acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
-        total += gate * acc
+        if (e >= 0) & (e < E):  # else: the slot is skipped, no load at all
+            gate = tl.load(gates_ptr + r).to(tl.float32)
+            w_rows = w_ptr + e * D * N + offs_d.to(tl.int64)[:, None] * N
+            acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            for k0 in range(0, N, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                h = tl.load(h_ptr + r * N + offs_k, mask=offs_k < N, other=0.0).to(tl.float32)
+                w = tl.load(w_rows + offs_k[None, :], mask=(offs_d[:, None] < D) & (offs_k[None, :] < N), other=0.0)
+                acc += tl.sum(w.to(tl.float32) * h[None, :], axis=1)
+            total += gate * acc
     bias = tl.load(bias_ptr + offs_d, mask=offs_d < D, other=0.0).to(tl.float32)
     tl.store(y_ptr + t.to(tl.int64) * D + offs_d, (total + bias).to(y_ptr.dtype.element_ty), mask=offs_d < D)

@@ -15,12 +15,14 @@ export's is refused: re-export instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engines import flavour as flavours
@@ -154,40 +156,58 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     config = builder.create_builder_config()
     if plan.compute_capabilities:
         set_compute_capabilities(trt, config, plan.compute_capabilities)
-    for profile in plan.profiles:
-        trt_profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profile.shapes.items():
-            trt_profile.set_shape(name, lo, opt, hi)
-        if config.add_optimization_profile(trt_profile) < 0:
-            raise EngineError(f"TensorRT refused the {profile.name} optimization profile {profile.shapes}")
+    add_profiles(builder, config, plan.profiles)
     if builder_optimization_level is not None:
         config.builder_optimization_level = builder_optimization_level
-    if cache_path is not None:
-        load_timing_cache(config, cache_path)
-    config.progress_monitor = progress_monitor(trt)
+    cache = load_timing_cache(config, cache_path)  # held until the build ends (NvInfer.h: setTimingCache)
+    monitor = progress_monitor(trt)
+    config.progress_monitor = monitor
 
     where = gpu_name or "compute capability " + ", ".join(f"{a}.{b}" for a, b in targets)
     log.info("building a %s engine for %s (profiles: %s; max batch %d, max seq %d)", plan.dtype, where,
              ", ".join(p.name for p in plan.profiles), plan.limits.max_batch, plan.limits.max_seq)
     start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
+    with _building(plan):
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None:
+        if monitor.log.cancelled:
+            raise KeyboardInterrupt  # Ctrl-C during the build: TensorRT stopped at the next step
         raise EngineError(f"{plan.backend} could not build an engine from {plan.onnx_path} (see its log above)")
     data = bytes(serialized)
     log.info("built in %.1f s: %.1f MiB", time.perf_counter() - start, len(data) / 2**20)
     if cache_path is not None:
         save_timing_cache(config, cache_path)
+    del cache, monitor  # both had to outlive build_serialized_network
     manifest = EngineManifest(
         tensorrt_version=trt.__version__, gpu_name=gpu_name or "", compute_capability=targets[0],
         dtype=plan.dtype, task=plan.names.task, validation_outputs=plan.names.validation_outputs,
         config=plan.export.config, onnx_sha256=plan.export.files[plan.onnx_path.name].sha256,
         plugins=_plugins(plan), plugin_mode=plan.plugin_mode if plan.export.dispatch == "plugin" else "none",
         limits=plan.limits, profiles=plan.profiles, engine_sha256=hashlib.sha256(data).hexdigest(),
-        backend=plan.backend, compute_capabilities=[list(cc) for cc in targets], dispatch=plan.export.dispatch)
+        backend=plan.backend, compute_capabilities=[list(cc) for cc in targets], dispatch=plan.export.dispatch,
+        ptx_isa=_ptx_isa(plan, targets[0]))
     atomic_write_bytes(plan.engine_path, data)
     write_manifest(plan.engine_path, manifest)
     log.info("wrote %s and its manifest", plan.engine_path)
     return manifest
+
+
+def _building(plan: BuildPlan):
+    """Tells the plugins' autotune which implementation is built (engines/plugins.py, "Tactics")."""
+    if plan.export.dispatch != "plugin":
+        return contextlib.nullcontext()
+    from engines.plugins import building
+
+    return building(plan.plugin_mode)
+
+
+def _ptx_isa(plan: BuildPlan, cc: tuple[int, int]) -> str:
+    """The PTX ISA of the AOT kernels embedded in the engine ("" without them)."""
+    if plan.export.dispatch != "plugin" or plan.plugin_mode != "aot":
+        return ""
+    from engines.kernels.aot import isa_text, ptx_isa
+
+    return isa_text(ptx_isa(cc[0] * 10 + cc[1]))
 
 
 def _plugins(plan: BuildPlan) -> dict[str, str]:
@@ -242,49 +262,112 @@ def check_network(trt, network, plan: BuildPlan) -> None:
     log.info("parsed: %d layers, %d plugin layers", network.num_layers, plugins)
 
 
-def load_timing_cache(config, path: Path) -> None:
-    """Start from the timing cache in `path` if there is one; a cache TensorRT refuses (made on another GPU or
-    TensorRT version) is replaced by a fresh one, with a warning (Polygraphy does the same)."""
-    data = path.read_bytes() if path.is_file() else b""
+def add_profiles(builder, config, profiles: list[Profile]) -> None:
+    """One TensorRT optimization profile per `Profile`, in order; EngineError naming the one TensorRT refuses.
+    (The bindings raise RuntimeError where `setDimensions` returns false; `add_optimization_profile` returns the
+    profile's index, or -1 for an invalid one.)"""
+    for index, profile in enumerate(profiles):
+        trt_profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profile.shapes.items():
+            try:
+                trt_profile.set_shape(name, lo, opt, hi)
+            except RuntimeError as e:
+                raise EngineError(f"TensorRT refused the {profile.name} profile's shapes for {name} (min {lo}, "
+                                  f"opt {opt}, max {hi}): {e}") from None
+        added = config.add_optimization_profile(trt_profile)
+        if added != index:
+            raise EngineError(f"TensorRT refused the {profile.name} optimization profile (add_optimization_profile "
+                              f"returned {added}, expected index {index}): {profile.shapes}")
+
+
+def load_timing_cache(config, path: Path | None):
+    """Attach a timing cache to `config` and return it (it must outlive the build): `path`'s if it exists and
+    TensorRT accepts it, else a fresh one, with a warning when a file was refused (made on another GPU or by
+    another TensorRT: `set_timing_cache` returns False) or is not a cache (`create_timing_cache` gives None)."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(data)
-    if config.set_timing_cache(cache, ignore_mismatch=False):
-        return
-    log.warning("timing cache %s was made for another device or TensorRT version: starting a fresh one", path)
-    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
-        raise EngineError(f"TensorRT refused even an empty timing cache (for {path})")
+    if data and cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        log.info("timing cache: %d bytes from %s", len(data), path)
+        return cache
+    if data:
+        reason = "is not a timing cache" if cache is None else "was made on another device or TensorRT version"
+        log.warning("timing cache %s %s; starting a fresh one (saving will replace the file)", path, reason)
+    elif path is not None:
+        log.info("timing cache: %s is empty or missing; starting a fresh one", path)
+    cache = config.create_timing_cache(b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise EngineError("TensorRT refused a fresh, empty timing cache")
+    return cache
 
 
-def save_timing_cache(config, path: Path) -> None:
+def save_timing_cache(config, path: Path) -> bool:
+    """Write the config's timing cache to `path` atomically; False (and a warning) where there is none, as
+    Polygraphy guards `get_timing_cache()`."""
     cache = config.get_timing_cache()
-    if cache is None:
-        log.warning("TensorRT kept no timing cache; %s not written", path)
-        return
-    atomic_write_bytes(path, bytes(cache.serialize()))
+    serialized = cache.serialize() if cache is not None else None
+    if serialized is None:
+        log.warning("TensorRT returned no timing cache; %s not written", path)
+        return False
+    data = bytes(serialized)
+    atomic_write_bytes(path, data)
+    log.info("timing cache: %d bytes to %s", len(data), path)
+    return True
 
 
-def progress_monitor(trt):
-    """An IProgressMonitor logging each top-level build phase (with its duration). TensorRT may call it from
-    several builder threads, so its state is behind a lock."""
+class PhaseLog:
+    """What the progress monitor does, without TensorRT: says each top-level phase when it starts and, if it took
+    over a second, when it ends. Thread-safe (NvInfer.h: "The implementation of IProgressMonitor must be
+    thread-safe so that it can be called from multiple internal threads"): one lock around all state and output;
+    phases of one name may overlap, so start times are a stack per name. Ctrl-C inside a callback cancels the
+    build at the next step (step_complete returns False, as NVIDIA's simple_progress_monitor sample does)
+    instead of escaping a noexcept callback."""
+
+    def __init__(self, say: Callable[[str], None] = log.info, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._say, self._clock = say, clock
+        self._lock = threading.Lock()
+        self._started: dict[str, list[float]] = {}
+        self.cancelled = False
+
+    def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+        try:
+            with self._lock:
+                self._started.setdefault(phase_name, []).append(self._clock())
+                if parent_phase is None:
+                    self._say(f"  {phase_name} ({num_steps} steps)")
+        except KeyboardInterrupt:
+            self.cancelled = True
+
+    def step_complete(self, phase_name: str, step: int) -> bool:
+        return not self.cancelled
+
+    def phase_finish(self, phase_name: str) -> None:
+        try:
+            with self._lock:
+                stack = self._started.get(phase_name)
+                began = stack.pop() if stack else None
+                if stack == []:
+                    del self._started[phase_name]
+                if began is not None and self._clock() - began > 1.0:
+                    self._say(f"  {phase_name}: done in {self._clock() - began:.1f} s")
+        except KeyboardInterrupt:
+            self.cancelled = True
+
+
+def progress_monitor(trt, say: Callable[[str], None] = log.info):
+    """A trt.IProgressMonitor over a PhaseLog."""
 
     class Progress(trt.IProgressMonitor):
         def __init__(self) -> None:
             trt.IProgressMonitor.__init__(self)
-            self.lock = threading.Lock()
-            self.started: dict[str, float] = {}
+            self.log = PhaseLog(say)
 
         def phase_start(self, phase_name, parent_phase, num_steps):
-            with self.lock:
-                self.started[phase_name] = time.perf_counter()
-            if parent_phase is None:
-                log.info("  %s (%d steps)", phase_name, num_steps)
+            self.log.phase_start(phase_name, parent_phase, num_steps)
 
         def step_complete(self, phase_name, step):
-            return True  # keep building
+            return self.log.step_complete(phase_name, step)
 
         def phase_finish(self, phase_name):
-            with self.lock:
-                began = self.started.pop(phase_name, None)
-            if began is not None and time.perf_counter() - began > 1.0:
-                log.info("  %s: done in %.1f s", phase_name, time.perf_counter() - began)
+            self.log.phase_finish(phase_name)
 
     return Progress()

@@ -48,7 +48,7 @@ class EngineManifest(ModelRecord):
     backend: str = "tensorrt"  # "tensorrt" or "tensorrt-rtx" (engines/flavour.py)
     compute_capabilities: list[list[int]] = dataclasses.field(default_factory=list)  # every target
     dispatch: str = "plugin"  # the export's: "plugin" or "portable"
-    ptx_isa: str | None = None  # PTX ISA of the embedded AOT plugin kernels ("8.0"), None without them
+    ptx_isa: str = ""  # AOT engines: the PTX ISA of the embedded kernels ("8.0" = CUDA 12.0 drivers and newer)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 

@@ -5,11 +5,11 @@ One plugin per op, `jetmoe::expert_map` and `jetmoe::expert_reduce`, matched by 
 - `register`: the output descriptor from the input shape expressions (map: [T, K, N], reduce: [T, D]; static,
   nothing data-dependent), same type as the activations.
 - `autotune`: fp32/fp16/bf16 activations (all float I/O one type), int32 or int64 `expert_idx` (ONNX TopK
-  gives int64; a TensorRT TopK may give int32), LINEAR, tactics = the tile choices of plugin_kernels.TACTICS.
-- `aot_impl`: one Triton kernel compiled to PTX (plugin_kernels.py), grid and int32 extra args as symbolic
-  shape expressions: map grid (max(T*K, 1), cdiv(N, BLOCK_N)), args (T*K, K, N, D); reduce grid
-  (max(T, 1), cdiv(D, BLOCK_D)), args (T, K, N, D). The kernel is embedded in the engine: trtexec and the C++
-  runtime run it without Python.
+  gives int64; a TensorRT TopK may give int32), LINEAR; tactics: see "Tactics" below.
+- `aot_impl`: one Triton kernel compiled to PTX (plugin_kernels.py) at PTX ISA 8.0 (engines/kernels/aot.py),
+  grid and int32 extra args as symbolic shape expressions from `plugin_kernels.launch`: map grid
+  (max(T*K, 1), cdiv(N, BLOCK_N)), args (T*K, K, N, D, E); reduce grid (max(T, 1), cdiv(D, BLOCK_D)), args
+  (T, K, N, D, E). The kernel is embedded in the engine: trtexec and the C++ runtime run it without Python.
 - `impl` (JIT): the `jetmoe::` torch ops on torch views of TensorRT's buffers: the grouped-GEMM Triton launchers
   of engines/kernels where triton is importable, jetmoe.ops' eager implementation otherwise. Needs this module
   importable (and `register_plugins()` called) in the process that runs the engine.
@@ -22,6 +22,16 @@ they re-read expert weights per row, so long prefill is slower than the grouped 
 Not done: splitting each op in the graph into align/GEMM/sum plugins (would need new ONNX nodes and a fixed
 BLOCK_M per engine), and a single-launch grouped GEMM (needs in-kernel alignment or a persistent kernel).
 
+Tactics: one autotune function serves both implementations, and QDP gives it no way to tell which one is being
+built (tensorrt.plugin 11.4: `_TemplatePluginBase.get_supported_format_combinations` calls it with the tensor
+descriptors only, for the JIT and the AOT plugin class alike). The AOT kernels have real tactics (the tiles of
+plugin_kernels.TACTICS); `impl` has one way to run. So the builder says which mode it builds, with
+`building(mode)` around `build_serialized_network` (the same value it turns into the PREFER_*_PYTHON_PLUGINS
+network flag): JIT advertises no custom tactic (TensorRT's default tactic 0, nothing timed), AOT all of
+TACTICS. Outside a `building` block (a build not made by engines/builder.py) the AOT list is advertised: for a
+JIT build that only costs timing identical runs. `impl` takes no `tactic` parameter (QDP then calls it without
+one, `expects_tactic` False), as NVIDIA's single-tactic sample does (samples/python/quickly_deployable_plugins).
+
 Attributes: the ops have none (every size comes from the input shapes), and `PLUGINS[...].attributes` is the
 one place that says so; the functions below take exactly inputs + attributes, checked at registration. Keep it
 that way: TensorRT 11.4's `aot_impl` receives ALL registered attributes, in registration order.
@@ -29,10 +39,12 @@ that way: TensorRT 11.4's `aot_impl` receives ALL registered attributes, in regi
 Importing this module needs neither TensorRT nor triton; `register_plugins()` imports `tensorrt.plugin`.
 """
 
+import contextlib
 import dataclasses
 import inspect
+import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jetmoe import dtypes
@@ -65,7 +77,7 @@ class PluginSpec:
     def parameters(self, kind: str) -> tuple[str, ...]:
         """The parameter names QDP requires of each decorated function (every attribute, everywhere)."""
         tail = {"register": (), "autotune": ("outputs",), "aot_impl": ("outputs", "tactic"),
-                "impl": ("outputs", "stream", "tactic")}[kind]
+                "impl": ("outputs", "stream")}[kind]
         return self.inputs + self.attribute_names + tail
 
 
@@ -77,6 +89,32 @@ def plugin_versions() -> dict[str, str]:
 
 
 _registered = False
+_build_mode: str | None = None  # "aot" / "jit" while engines/builder.py builds; see "Tactics" above
+_build_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def building(mode: str) -> Iterator[None]:
+    """Tell the autotune functions which implementation TensorRT is building ("aot" or "jit") for the duration
+    of a build. One build at a time per process: the mode is process state, as the QDP registry is."""
+    global _build_mode
+    if mode not in ("aot", "jit"):
+        raise InputError(f"plugin mode {mode!r} is not 'aot' or 'jit'")
+    if not _build_lock.acquire(blocking=False):
+        raise InputError(f"a {_build_mode} engine build is already running in this process; build one at a time")
+    _build_mode = mode
+    try:
+        yield
+    finally:
+        _build_mode = None
+        _build_lock.release()
+
+
+def advertised_tactics() -> list[int]:
+    """The custom tactics the autotune functions offer now: none for a JIT build, TACTICS otherwise."""
+    from engines import plugin_kernels
+
+    return [] if _build_mode == "jit" else sorted(plugin_kernels.TACTICS)
 
 
 def register_plugins() -> None:
@@ -123,21 +161,31 @@ def check_signatures(spec: PluginSpec, fns: dict[str, Callable]) -> None:
 def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, Callable]]:
     """name -> {register, autotune, aot_impl, impl} for both plugins, annotated with `trtp`'s classes.
 
-    `compile_kernel(op, activation_desc, index_desc, tactic) -> (AotKernel, Tiles)`: default `compiled` below
-    (PTX for the current GPU's compute capability); tests pass a stand-in."""
+    `compile_kernel(op, activation_desc, index_desc, tactic) -> AotKernel`: default `compiled` below (PTX for
+    the current GPU's compute capability); tests pass a stand-in."""
     from engines import plugin_kernels
 
     TensorDesc, Tensor = trtp.TensorDesc, trtp.Tensor
     AotReturn = tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]
 
     def combinations(num_float_before_idx: int, num_float_after_idx: int) -> list:
-        tactics = sorted(plugin_kernels.TACTICS)
+        tactics = advertised_tactics()
         floats = "|".join(FLOAT_TYPES)
         out = []
         for index_type in INDEX_TYPES:
             io = [floats] * num_float_before_idx + [index_type] + [floats] * num_float_after_idx
-            out.append(trtp.AutoTuneCombination(", ".join(io), "LINEAR", tactics))
+            # no tactics: None, QDP's "default tactic 0 only" (an empty list would mean the same)
+            out.append(trtp.AutoTuneCombination(", ".join(io), "LINEAR", tactics or None))
         return out
+
+    def launch_params(op: str, descs: tuple, kernel, tactic: int):
+        grid, args = plugin_kernels.launch(op, [d.shape_expr for d in descs], tactic, max_=trtp.max,
+                                           cdiv=trtp.cdiv)
+        params = trtp.KernelLaunchParams()
+        params.grid_x, params.grid_y = grid
+        params.block_x = kernel.num_warps * 32
+        params.shared_mem = kernel.shared_memory
+        return params, trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in args])
 
     def compiled(op: str, desc, index_desc, tactic: int):
         import torch
@@ -145,11 +193,15 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
         if not torch.cuda.is_available():
             raise Unavailable("compiling the AOT kernels needs the target GPU's compute capability: no CUDA GPU")
         major, minor = torch.cuda.get_device_capability()
-        tactic = tactic if tactic in plugin_kernels.TACTICS else plugin_kernels.DEFAULT_TACTIC
         return plugin_kernels.compile_ptx(op, _dtype_name(desc.dtype), _dtype_name(index_desc.dtype), tactic,
-                                          major * 10 + minor), plugin_kernels.TACTICS[tactic]
+                                          major * 10 + minor)
 
-    compiled = compile_kernel or compiled
+    compile_for = compile_kernel or compiled
+
+    def kernel_for(op: str, desc, index_desc, tactic: int):
+        """(AotKernel, tactic actually compiled): TensorRT's default tactic 0 runs DEFAULT_TACTIC's tiles."""
+        tactic = tactic if tactic in plugin_kernels.TACTICS else plugin_kernels.DEFAULT_TACTIC
+        return compile_for(op, desc, index_desc, tactic), tactic
 
     # expert_map: x [T, D], expert_idx [T, K], weight [E, N, D] -> y [T, K, N]
 
@@ -162,19 +214,11 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
 
     def map_aot_impl(x: TensorDesc, expert_idx: TensorDesc, weight: TensorDesc, outputs: tuple[TensorDesc],
                      tactic: int) -> AotReturn:
-        kernel, tiles = compiled(EXPERT_MAP.name, x, expert_idx, tactic)
-        T, K = expert_idx.shape_expr[0], expert_idx.shape_expr[1]
-        N, D = weight.shape_expr[1], weight.shape_expr[2]
-        params = trtp.KernelLaunchParams()
-        params.grid_x = trtp.max(T * K, 1)
-        params.grid_y = trtp.cdiv(N, tiles.block_n)
-        params.block_x = kernel.num_warps * 32
-        params.shared_mem = kernel.shared_memory
-        args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (T * K, K, N, D)])
+        kernel, tactic = kernel_for(EXPERT_MAP.name, x, expert_idx, tactic)
+        params, args = launch_params(EXPERT_MAP.name, (x, expert_idx, weight), kernel, tactic)
         return kernel.name, kernel.ptx, params, args
 
-    def map_impl(x: Tensor, expert_idx: Tensor, weight: Tensor, outputs: tuple[Tensor], stream: int,
-                 tactic: int) -> None:
+    def map_impl(x: Tensor, expert_idx: Tensor, weight: Tensor, outputs: tuple[Tensor], stream: int) -> None:
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
@@ -192,19 +236,12 @@ def define(trtp, compile_kernel: Callable | None = None) -> dict[str, dict[str, 
 
     def reduce_aot_impl(h: TensorDesc, expert_idx: TensorDesc, gates: TensorDesc, weight: TensorDesc,
                         bias: TensorDesc, outputs: tuple[TensorDesc], tactic: int) -> AotReturn:
-        kernel, tiles = compiled(EXPERT_REDUCE.name, h, expert_idx, tactic)
-        T, K, N = h.shape_expr[0], h.shape_expr[1], h.shape_expr[2]
-        D = weight.shape_expr[1]
-        params = trtp.KernelLaunchParams()
-        params.grid_x = trtp.max(T, 1)
-        params.grid_y = trtp.cdiv(D, tiles.block_n)
-        params.block_x = kernel.num_warps * 32
-        params.shared_mem = kernel.shared_memory
-        args = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (T, K, N, D)])
+        kernel, tactic = kernel_for(EXPERT_REDUCE.name, h, expert_idx, tactic)
+        params, args = launch_params(EXPERT_REDUCE.name, (h, expert_idx, gates, weight, bias), kernel, tactic)
         return kernel.name, kernel.ptx, params, args
 
     def reduce_impl(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, bias: Tensor,
-                    outputs: tuple[Tensor], stream: int, tactic: int) -> None:
+                    outputs: tuple[Tensor], stream: int) -> None:
         import torch
 
         with torch.cuda.stream(torch.cuda.ExternalStream(stream)):

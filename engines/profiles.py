@@ -1,6 +1,6 @@
 """TensorRT optimization profiles for an exported JetMoe graph: one for prefill, one for decode.
 
-Pure Python (no TensorRT): for every graph input (export/io_names.py) a (min, opt, max) shape, from the model
+Pure Python (no TensorRT): for every graph input (jetmoe/io_names.py) a (min, opt, max) shape, from the model
 config and the requested limits. The builder hands these to `IOptimizationProfile.set_shape`; the runtime
 picks the profile that covers a request's shapes; the manifest records them.
 

@@ -55,6 +55,7 @@ def _terminate(signum, frame) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from engines.builder import build_engine, plan_build
+    from engines.plugin_kernels import emit_ptx
     from export.exporter import export_checkpoint
     from jetmoe.generate import generate
     from jetmoe.random_weights import write_random_checkpoint
@@ -116,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, build_engine, "--timing-cache", type=Path, help="timing cache file to reuse and update")
     _flag(p, build_engine, "--builder-optimization-level", type=int, help="0..5 (default: TensorRT's, 3)")
     _flag(p, plan_build, "--overwrite", help="replace an existing engine")
+
+    p = command("plugins", "write every AOT plugin kernel's PTX (one .ptx per op, dtype, index dtype and tactic) "
+                "and index.json (launch facts) to a folder; needs triton, neither TensorRT nor a GPU", _plugins)
+    p.add_argument("--emit-ptx", type=Path, required=True, metavar="DIR", help="folder to write")
+    _flag(p, emit_ptx, "--arch", type=int, help="compute capability as an int (90: H100/H200)")
+    p.add_argument("--ptx-isa", default=None, metavar="X.Y", help="PTX ISA to emit (default: 8.0, or the "
+                   "target's minimum where newer); check against a driver's toolkit with `ptxas -arch=sm_90a`")
+    _flag(p, emit_ptx, "--overwrite", help="replace an earlier PTX folder")
 
     p = command("generate", "generate token ids: eager (checkpoint folder), ONNX Runtime (model.onnx) or TensorRT "
                 "(model.engine); prints one line of comma-separated ids per prompt", _generate)
@@ -250,6 +259,32 @@ def _build(args: argparse.Namespace) -> None:
                             compute_capability=tuple(args.compute_capability or ()), overwrite=args.overwrite,
                             timing_cache=args.timing_cache, builder_optimization_level=args.builder_optimization_level)
     print(f"{args.output} ({manifest.backend} {manifest.tensorrt_version}, {manifest.dtype})")
+
+
+def _plugins(args: argparse.Namespace) -> None:
+    import importlib.util
+    import os
+
+    from engines.kernels.aot import MIN_PTX_ISA
+    from engines.plugin_kernels import emit_ptx
+
+    if importlib.util.find_spec("triton") is None:
+        raise Unavailable("emitting PTX needs triton: pip install triton (no GPU needed)")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise InputError("unset TRITON_INTERPRET: the interpreter cannot compile kernels to PTX")
+    if args.arch not in MIN_PTX_ISA:
+        raise InputError(f"--arch {args.arch}: not one of {sorted(MIN_PTX_ISA)}")
+    isa = None
+    if args.ptx_isa is not None:
+        major, _, minor = args.ptx_isa.partition(".")
+        if not (major.isdigit() and minor.isdigit() and len(minor) == 1):
+            raise InputError(f"--ptx-isa {args.ptx_isa!r}: expected X.Y, e.g. 8.0")
+        isa = int(major) * 10 + int(minor)
+    try:
+        index = emit_ptx(args.emit_ptx, arch=args.arch, isa=isa, overwrite=args.overwrite)
+    except ValueError as e:  # an ISA the target does not support
+        raise InputError(str(e)) from None
+    print(f"{args.emit_ptx}: {len(index['kernels'])} kernels, PTX {index['ptx_isa']}, sm_{index['arch']}")
 
 
 def _generate(args: argparse.Namespace) -> None:

@@ -88,13 +88,17 @@ def _(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, bias: Tensor
 
 
 # ---- deliberately dumb references: one (token, slot) at a time, used by tests and the validator ----------
+# An expert id outside [0, E) contributes zero (a zero row for map), which is what the TensorRT plugin kernels
+# do with the made-up inputs TensorRT times them on; the ops above refuse such ids (InputError).
 
 def expert_map_reference(x: Tensor, expert_idx: Tensor, weight: Tensor) -> Tensor:
     T, K = expert_idx.shape
     y = x.new_zeros(T, K, weight.shape[1])
     for t in range(T):
         for j in range(K):
-            y[t, j] = F.linear(x[t], weight[int(expert_idx[t, j])])
+            e = int(expert_idx[t, j])
+            if 0 <= e < weight.shape[0]:
+                y[t, j] = F.linear(x[t], weight[e])
     return y
 
 
@@ -103,5 +107,7 @@ def expert_reduce_reference(h: Tensor, expert_idx: Tensor, gates: Tensor, weight
     y = h.new_zeros(T, weight.shape[1])
     for t in range(T):
         for j in range(K):
-            y[t] += gates[t, j] * F.linear(h[t, j], weight[int(expert_idx[t, j])])
+            e = int(expert_idx[t, j])
+            if 0 <= e < weight.shape[0]:
+                y[t] += gates[t, j] * F.linear(h[t, j], weight[e])
     return y + bias

@@ -14,11 +14,21 @@ On one CUDA GPU it
   3. times each with CUDA events (median) against the torch eager ops (`jetmoe.ops`, CUDA kernel disabled),
      and reports for decode sizes the fraction of the copy bandwidth achieved on the weight bytes the call
      must read (distinct experts hit x N x D x 2 bytes), for T=2048 the fraction of the matmul rate;
-  4. times an eager decode step (one token, batch 1, a 128-token cache) of `jetmoe.JetMoeForCausalLM` at
+  4. loads the TensorRT AOT plugin kernels' PTX (engines/plugin_kernels.py, bf16, every tactic) through the
+     CUDA driver API exactly as TensorRT launches it (cuModuleLoadDataEx, cuLaunchKernel with grid, block,
+     shared memory and int32 extra args from the same `plugin_kernels.launch` the plugin's aot_impl uses;
+     engines/driver_launch.py), compares with the references at 8B widths for T in 1, 4, 16, including expert
+     ids -1 and E (weights between NaN guard rows: a stray read shows), times each tactic, and records which
+     PTX ISA versions the driver accepts;
+  5. times an eager decode step (one token, batch 1, a 128-token cache) of `jetmoe.JetMoeForCausalLM` at
      8B widths with 4 layers (random weights) with our kernels, with the eager ops, and HF transformers'
      `JetMoeForCausalLM` on the same state dict.
+Every timed call is preceded (untimed) by writing a 256 MiB buffer, more than the H100/H200's 50 MB L2, as
+`triton.testing.do_bench` does: otherwise the 16 MiB of MoA decode weights stay in L2 between repetitions and
+the "fraction of HBM bandwidth" is overstated.
 It prints a table and writes DIR/gpu_check.json. Targets are reported, not asserted: decode-size calls
->= 60% of bandwidth, prefill-size >= 40% of matmul rate, end-to-end decode >= 3x HF eager.
+>= 60% of bandwidth, prefill-size >= 40% of matmul rate, end-to-end decode >= 3x HF eager. Exit 1 where a
+kernel (grouped or AOT) is wrong.
 """
 
 from __future__ import annotations
@@ -35,9 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from validate.timing import alternate, cuda_time, provenance, write_results
 
 # JetMoe-8B widths
 D_MODEL, MOE_I, MOA_N, E, K = 2048, 5632, 2048, 8, 2
@@ -48,6 +56,9 @@ TARGETS = {"decode_bandwidth_fraction": 0.60, "prefill_matmul_fraction": 0.40, "
 # bf16 tolerances against an fp32 reference: one rounding of the output to bf16 (2^-8 relative) plus
 # fp32 summation-order differences over D or N = 2048..11264 products.
 ATOL, RTOL = 3e-2, 3e-2
+L2_FLUSH_BYTES = 256 << 20  # written before each timed call: > 50 MB L2 (H100/H200), as triton.testing.do_bench
+AOT_DECODE_T = (1, 4, 16)
+PTX_VERSIONS_PROBED = ("8.0", "8.4", "8.8", "9.0", "9.4")  # the same PTX under each `.version`: which loads?
 
 
 def cases() -> list[dict]:
@@ -61,6 +72,18 @@ def cases() -> list[dict]:
     return out
 
 
+def aot_cases() -> list[dict]:
+    """The AOT driver-API calls: each op and block at decode sizes with ONNX's int64 ids, and an int32 case
+    with expert ids -1 and E in it."""
+    blocks = (("expert_map", "moe", 2 * MOE_I), ("expert_reduce", "moe", MOE_I), ("expert_map", "moa", MOA_N),
+              ("expert_reduce", "moa", MOA_N))
+    out = [dict(op=op, block=block, N=N, T=T, index_dtype="int64", out_of_range=False)
+           for T in AOT_DECODE_T for op, block, N in blocks]
+    out += [dict(op=op, block=block, N=N, T=4, index_dtype="int32", out_of_range=True)
+            for op, block, N in blocks[:2]]
+    return out
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="folder for gpu_check.json")
@@ -69,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cache", type=int, default=128, help="cached tokens before the timed decode step")
     p.add_argument("--iters", type=int, default=50, help="timed repetitions per kernel call (median reported)")
     p.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end decode timing")
+    p.add_argument("--skip-aot", action="store_true", help="skip the AOT PTX check through the CUDA driver API")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -113,14 +137,29 @@ def e2e_table(e2e: dict) -> str:
     return "\n".join(lines)
 
 
-def summarize(rows: list[dict], e2e: dict | None) -> dict:
+def aot_table(rows: list[dict]) -> str:
+    head = (f"{'AOT kernel':<14}{'block':<6}{'N':>6}{'T':>4}  {'idx':<6}{'oor':<4}{'ok':<4}{'max err':>9}  "
+            f"{'best':>4}{'us':>8}{'% bw':>6}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ok = "-" if r.get("ok") is None else ("yes" if r["ok"] else "NO")
+        lines.append(f"{r['op']:<14}{r['block']:<6}{r['N']:>6}{r['T']:>4}  {r['index_dtype']:<6}"
+                     f"{'yes' if r['out_of_range'] else 'no':<4}{ok:<4}{_fmt(r.get('max_err'), '9.2e')}  "
+                     f"{_fmt(r.get('best_tactic'), '4d')}{_fmt(r.get('best_us'), '8.1f')}"
+                     f"{_fmt(_pct(r.get('bandwidth_fraction')), '6.0f')}")
+    return "\n".join(lines)
+
+
+def summarize(rows: list[dict], e2e: dict | None, aot: list[dict] | None = None) -> dict:
     """Targets vs results; None where nothing was measured."""
     decode = [r["bandwidth_fraction"] for r in rows if r.get("bandwidth_fraction") is not None]
     prefill = [r["matmul_fraction"] for r in rows if r.get("matmul_fraction") is not None]
     speedup = e2e.get("speedup_vs_hf") if e2e else None
-    checks = [r["ok"] for r in rows if r.get("ok") is not None]
+    checks = [r["ok"] for r in rows + (aot or []) if r.get("ok") is not None]
+    aot_checks = [r["ok"] for r in aot or [] if r.get("ok") is not None]
     return {
         "all_correct": all(checks) if checks else None,
+        "aot_correct": all(aot_checks) if aot_checks else None,
         "decode_bandwidth_fraction_min": min(decode) if decode else None,
         "prefill_matmul_fraction_min": min(prefill) if prefill else None,
         "e2e_speedup_vs_hf": speedup,
@@ -134,36 +173,41 @@ def summarize(rows: list[dict], e2e: dict | None) -> dict:
 
 
 def write_report(out: Path, report: dict) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "gpu_check.json"
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    return path
+    return write_results(out / "gpu_check.json", {"provenance": provenance(), **report})
 
 
 # ---- measurement (GPU) -----------------------------------------------------------------------------------
 
 
-def cuda_time_ms(fn, iters: int, warmup: int = 5, between=None) -> float:
-    """Median milliseconds of fn() over `iters` runs, each timed with its own pair of CUDA events.
-    `between()` (untimed) runs before each timed call, e.g. to restore a cache."""
+_flush_buffer = []
+
+
+def l2_flush_buffer():
+    """One L2_FLUSH_BYTES device buffer per process, made on first use."""
     import torch
 
-    for _ in range(warmup):
+    if not _flush_buffer:
+        _flush_buffer.append(torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda"))
+    return _flush_buffer[0]
+
+
+def cuda_time_ms(fn, iters: int, warmup: int = 5, between=None, flush_l2: bool = True) -> float:
+    """Median milliseconds of fn() over `iters` runs, each timed with its own pair of CUDA events, from a cold
+    L2 (`flush_l2`: a 256 MiB buffer is zeroed, untimed, before each call). `between()` (untimed) runs before
+    each timed call too, e.g. to restore a cache."""
+    import torch
+
+    flush = l2_flush_buffer() if flush_l2 else None
+
+    def before():
         if between:
             between()
-        fn()
+        if flush is not None:
+            flush.zero_()
+
     torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        if between:
-            between()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    seconds = alternate({"fn": fn}, iters, warmup, before={"fn": before}, timer=cuda_time)["fn"]
+    return 1e3 * statistics.median(seconds)
 
 
 def measure_copy_bandwidth(nbytes: int = 2 << 30) -> float:
@@ -257,6 +301,116 @@ def run_case(case: dict, iters: int, bandwidth: float, matmul_rate: float, gen) 
         row["tflops"] = flops / (triton_ms * 1e-3) / 1e12
         row["matmul_fraction"] = flops / (triton_ms * 1e-3) / matmul_rate
     return row
+
+
+# ---- AOT plugin kernels through the CUDA driver API (as TensorRT launches them) -------------------------
+
+
+def make_aot_inputs(case: dict, gen):
+    """Inputs of one AOT case, bf16 on DEVICE; the weight is the middle of E + 2 rows whose first and last are
+    NaN, so a read of weight[-1] or weight[E] makes the output NaN. Out-of-range cases put -1 and E in the ids."""
+    import torch
+
+    T, N, dev, dt = case["T"], case["N"], DEVICE, torch.bfloat16
+    idx = torch.stack([torch.randperm(E, generator=gen)[:K] for _ in range(T)])
+    if case["out_of_range"]:
+        idx[0, 0], idx[-1, -1] = -1, E
+    idx = idx.to(dev, getattr(torch, case["index_dtype"]))
+    rows = (N, D_MODEL) if case["op"] == "expert_map" else (D_MODEL, N)
+    guarded = torch.full((E + 2, *rows), float("nan"), dtype=dt, device=dev)
+    guarded[1:E + 1] = (torch.randn(E, *rows, generator=gen) / rows[1]**0.5).to(dev, dt)
+    w = guarded[1:E + 1]
+    if case["op"] == "expert_map":
+        return (torch.randn(T, D_MODEL, generator=gen).to(dev, dt), idx, w)
+    h = torch.randn(T, K, N, generator=gen).to(dev, dt)
+    gates = torch.softmax(torch.randn(T, K, generator=gen), -1).to(dev, dt)
+    bias = (0.02 * torch.randn(D_MODEL, generator=gen)).to(dev, dt)
+    return (h, idx, gates, w, bias)
+
+
+def run_aot_case(case: dict, kernels: dict, launch, iters: int, bandwidth: float, gen) -> dict:
+    """One AOT case with every tactic. `kernels`: tactic -> AotKernel (compiled PTX); `launch(kernel, grid,
+    block, shared_mem, params)` launches it (the driver on a GPU). Grid and extra args come from
+    `plugin_kernels.launch`, the arguments are packed as QDP orders them (inputs, int32 extras, outputs)."""
+    import torch
+
+    from engines.driver_launch import pack_args
+    from engines.plugin_kernels import launch as launch_facts
+    from jetmoe import ops
+
+    op, T, N = case["op"], case["T"], case["N"]
+    inputs = make_aot_inputs(case, gen)
+    out_shape = (T, K, N) if op == "expert_map" else (T, D_MODEL)
+    fp32 = [t.float() if t.is_floating_point() else t for t in inputs]
+    ref = getattr(ops, f"{op}_reference")(*fp32)
+    row = dict(case, tactics={}, ok=True, max_err=0.0)
+    for tactic, kernel in sorted(kernels.items()):
+        y = torch.full(out_shape, float("nan"), dtype=inputs[0].dtype, device=inputs[0].device)
+        grid, ints = launch_facts(op, [t.shape for t in inputs], tactic)
+        params, keep = pack_args([t.data_ptr() for t in inputs], ints, [y.data_ptr()])
+        block = (32 * kernel.num_warps, 1, 1)
+
+        def call(kernel=kernel, grid=grid, block=block, params=params):
+            launch(kernel, (*grid, 1), block, kernel.shared_memory, params)
+
+        call()
+        _sync()
+        err = (y.float() - ref).abs()
+        ok = bool(torch.isfinite(y).all()) and bool((err <= ATOL + RTOL * ref.abs()).all())
+        us = 1e3 * cuda_time_ms(call, iters)
+        del keep
+        row["tactics"][tactic] = dict(ok=ok, max_err=float(err.max()) if err.numel() else 0.0, us=us,
+                                      grid=[*grid, 1], block=list(block), shared_mem=kernel.shared_memory)
+        row["ok"] = row["ok"] and ok
+        row["max_err"] = max(row["max_err"], row["tactics"][tactic]["max_err"])
+    timed = {t: r["us"] for t, r in row["tactics"].items() if r["us"] == r["us"]}  # NaN where not measured
+    row["best_tactic"] = min(timed, key=timed.get) if timed else None
+    row["best_us"] = timed.get(row["best_tactic"]) if timed else None
+    idx = inputs[1]
+    hit = int(torch.unique(idx[(idx >= 0) & (idx < E)]).numel())
+    row["weight_bytes"] = hit * N * D_MODEL * inputs[-1 if op == "expert_map" else 3].element_size()
+    row["bandwidth_fraction"] = (row["weight_bytes"] / (row["best_us"] * 1e-6) / bandwidth
+                                 if row["best_us"] else None)
+    return row
+
+
+def aot_driver_check(iters: int, bandwidth: float, seed: int) -> dict:
+    """Section 4: driver version, which PTX ISA versions the driver loads, and every AOT case."""
+    import torch
+
+    from engines.driver_launch import Driver, DriverError, with_ptx_version
+    from engines.plugin_kernels import TACTICS, compile_ptx
+
+    torch.cuda.init()
+    torch.empty(1, device="cuda")  # the primary context, current for the driver calls below
+    driver = Driver()
+    major, minor = torch.cuda.get_device_capability()
+    arch = major * 10 + minor
+    result = {"driver_version": driver.version(), "arch": arch, "ptx_versions": {}, "cases": []}
+    sample = compile_ptx("expert_map", "bfloat16", "int64", 1, arch)
+    for version in PTX_VERSIONS_PROBED:
+        try:
+            driver.unload(driver.load(with_ptx_version(sample.ptx, version)))
+            result["ptx_versions"][version] = "loads"
+        except DriverError as e:
+            result["ptx_versions"][version] = str(e)[:300]
+    functions = {}
+
+    def launch(kernel, grid, block, shared_mem, params):
+        key = (kernel.name, kernel.ptx)
+        if key not in functions:
+            functions[key] = driver.function(driver.load(kernel.ptx), kernel.name, shared_mem)
+        driver.launch(functions[key], grid, block, shared_mem, torch.cuda.current_stream().cuda_stream, params)
+
+    gen = torch.Generator().manual_seed(seed + 2)
+    for case in aot_cases():
+        kernels = {t: compile_ptx(case["op"], "bfloat16", case["index_dtype"], t, arch) for t in TACTICS}
+        result["cases"].append(run_aot_case(case, kernels, launch, iters, bandwidth, gen))
+        r = result["cases"][-1]
+        print(f"  AOT {r['op']} {r['block']} N={r['N']} T={r['T']} {r['index_dtype']}"
+              f"{' out-of-range ids' if r['out_of_range'] else ''}: ok={r['ok']} best tactic {r['best_tactic']} "
+              f"{r['best_us']:.1f} us", flush=True)
+    return result
 
 
 def _fresh_rotary(hf, hf_config, device) -> None:
@@ -388,10 +542,14 @@ def main(argv=None) -> int:
     plan = cases()
     report = {"plan": plan, "widths": dict(D=D_MODEL, moe_I=MOE_I, moa_N=MOA_N, E=E, K=K, dtype="bfloat16"),
               "tolerance": dict(atol=ATOL, rtol=RTOL), "targets": TARGETS}
+    report["aot_plan"] = aot_cases()
+    report["l2_flush_bytes"] = L2_FLUSH_BYTES
     if args.dry_run:
-        report.update(dry_run=True, environment=environment(), kernels=[], e2e=None, summary=summarize([], None))
+        report.update(dry_run=True, environment=environment(), kernels=[], aot=None, e2e=None,
+                      summary=summarize([], None))
         print(kernel_table([dict(c) for c in plan]))
-        print(f"dry run: {len(plan)} kernel calls planned; nothing measured")
+        print(aot_table([dict(c) for c in report["aot_plan"]]))
+        print(f"dry run: {len(plan)} kernel calls and {len(report['aot_plan'])} AOT cases planned; nothing measured")
         print("wrote", write_report(args.out, report))
         return 0
 
@@ -423,14 +581,24 @@ def main(argv=None) -> int:
         r = rows[-1]
         print(f"  {r['op']} {r['block']} N={r['N']} T={r['T']}: ok={r['ok']} {r['triton_us']:.1f} us", flush=True)
     report["kernels"] = rows
+    aot = None
+    if not args.skip_aot:
+        report["aot"] = aot_driver_check(args.iters, bandwidth, args.seed)
+        aot = report["aot"]["cases"]
+        torch.cuda.empty_cache()
     e2e = None
     if not args.skip_e2e:
         e2e = end_to_end(args.layers, args.cache, args.seed)
     report["e2e"] = e2e
-    report["summary"] = summarize(rows, e2e)
+    report["summary"] = summarize(rows, e2e, aot)
     report["seconds"] = time.perf_counter() - started
     print()
     print(kernel_table(rows))
+    if aot:
+        print()
+        print(aot_table(aot))
+        print(f"driver {report['aot']['driver_version']}: PTX versions loaded: "
+              f"{[v for v, r in report['aot']['ptx_versions'].items() if r == 'loads']}")
     if e2e:
         print()
         print(e2e_table(e2e))

@@ -37,6 +37,22 @@ def wall_time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def cuda_time(fn: Callable[[], object], event: Callable[[], object] | None = None) -> float:
+    """Seconds one call of `fn` takes on the GPU: between a pair of CUDA events recorded on the current stream
+    (work queued before the start event, e.g. an L2 flush, is not counted). `event` makes an event (tests)."""
+    if event is None:
+        import torch
+
+        def event():
+            return torch.cuda.Event(enable_timing=True)
+    start, end = event(), event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def alternate(fns: Mapping[str, Callable[[], object]], reps: int, warmup: int = 1, *,
               before: Mapping[str, Callable[[], object]] | None = None,
               after: Mapping[str, Callable[[], object]] | None = None, cooldown_s: float = 0.0,

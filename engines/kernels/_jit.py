@@ -23,9 +23,10 @@ def _align_kernel(
     num_rows,  # R
     num_padded_slots,  # P
     num_blocks,  # cdiv(P, BLOCK_M)
+    num_experts,  # E: an id outside [0, E) joins no group, so its row is never read or written
     BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr,
-    E_POW2: tl.constexpr,  # next power of two >= E; experts >= E simply get no rows
+    E_POW2: tl.constexpr,  # next power of two >= E
 ):
     """One program. Pass 1 counts rows per expert; pass 2 writes each row to its expert's group (stable:
     token order within an expert); pass 3 writes the sentinel into the padding slots and the block experts.
@@ -36,6 +37,7 @@ def _align_kernel(
     for start in range(0, num_rows, BLOCK_R):
         rows = start + offs
         ids = tl.load(expert_idx_ptr + rows, mask=rows < num_rows, other=-1).to(tl.int32)
+        ids = tl.where(ids < num_experts, ids, -1)
         counts += tl.sum((ids[:, None] == experts[None, :]).to(tl.int32), axis=0)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     ends = tl.cumsum(padded, axis=0)
@@ -47,6 +49,7 @@ def _align_kernel(
         rows = start + offs
         valid = rows < num_rows
         ids = tl.load(expert_idx_ptr + rows, mask=valid, other=-1).to(tl.int32)
+        ids = tl.where(ids < num_experts, ids, -1)
         onehot = (ids[:, None] == experts[None, :]).to(tl.int32)  # [BLOCK_R, E_POW2]
         rank = tl.cumsum(onehot, axis=0) - 1 + seen[None, :]
         dest = tl.sum(onehot * (starts[None, :] + rank), axis=1)

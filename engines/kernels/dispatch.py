@@ -12,8 +12,9 @@ of the aligned list belongs to one expert. Sizes are static: `sorted_rows` has P
 entries, -1 for the blocks past the used ones (their programs exit at once). The GEMM kernels gather
 input rows through `sorted_rows` on load (ScatterMoE's scatter2scatter): no padded copy of x or h is made.
 
-Nothing here synchronises with the host: expert ids outside [0, E) are not checked (their rows are dropped
-and their outputs left unwritten); the eager op `jetmoe.ops` checks them.
+Nothing here synchronises with the host: expert ids outside [0, E) are not checked; such a (token, slot) joins
+no expert group, so it reads no weight and contributes zero (a zero row for map), as the AOT plugin kernels and
+the references do (docs/ops.md). The eager op `jetmoe.ops` refuses them.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def align_by_expert(expert_idx: Tensor, num_experts: int, block_m: int, *, confi
     num_rows_padded = torch.empty(1, dtype=torch.int32, device=device)
     cfg = config or get_config("align", R, device_name=_device_name(device))
     _kernels()._align_kernel[(1,)](
-        expert_idx, sorted_rows, block_expert, num_rows_padded, R, P, num_blocks,
+        expert_idx, sorted_rows, block_expert, num_rows_padded, R, P, num_blocks, num_experts,
         BLOCK_M=block_m, BLOCK_R=cfg["BLOCK_R"], E_POW2=max(_next_pow2(num_experts), 2),
         num_warps=cfg.get("num_warps", 4), num_stages=cfg.get("num_stages", 1),
     )
@@ -150,7 +151,7 @@ def expert_map(x: Tensor, expert_idx: Tensor, weight: Tensor, *, config: dict | 
     _check_placement("expert_map", x=x, expert_idx=expert_idx, weight=weight)
     T, K = expert_idx.shape
     E, N, D = weight.shape
-    y = torch.empty(T, K, N, dtype=x.dtype, device=x.device)
+    y = torch.zeros(T, K, N, dtype=x.dtype, device=x.device)  # a row of an id outside [0, E) stays zero
     if T == 0 or N == 0:
         return y
     cfg = config or get_config("expert_map", T, E, N, D, x.dtype, _device_name(x.device))
@@ -197,7 +198,7 @@ def expert_reduce(h: Tensor, expert_idx: Tensor, gates: Tensor, weight: Tensor, 
     sorted_rows, block_expert, _ = align_by_expert(expert_idx, E, cfg["BLOCK_M"])
     h_rows = h.view(T * K, N)
     gates_rows = gates.view(T * K)
-    gated = torch.empty(T * K, D, dtype=torch.float32, device=h.device)
+    gated = torch.zeros(T * K, D, dtype=torch.float32, device=h.device)  # an id outside [0, E) adds zero
     grid = (block_expert.numel(), _cdiv(D, cfg["BLOCK_N"]))
     jit._expert_reduce_gemm_kernel[grid](
         h_rows, h_rows.stride(0), h_rows.stride(1),

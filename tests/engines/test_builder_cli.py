@@ -137,3 +137,29 @@ def test_build_subcommand_parses_and_fails_cleanly(onnx_copy, tmp_path, no_tenso
         args.run(args)
     assert not manifest_path(tmp_path / "m.engine").exists()
     assert json.loads((onnx_copy.parent / "export.json").read_text())["dtype"] == "fp32"
+
+
+def test_plugins_subcommand_emits_ptx_with_its_options(tmp_path, monkeypatch, capsys):
+    """`jetmoe plugins --emit-ptx DIR`: options reach `emit_ptx` (which the kernel tests run for real)."""
+    from engines import plugin_kernels
+    from jetmoe import cli
+
+    calls = []
+
+    def emit_ptx(out_dir, *, arch=90, isa=None, overwrite=False):
+        calls.append((out_dir, {"arch": arch, "isa": isa, "overwrite": overwrite}))
+        return {"kernels": [{}] * 36, "ptx_isa": "8.3", "arch": arch}
+
+    monkeypatch.setattr(plugin_kernels, "emit_ptx", emit_ptx)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    pytest.importorskip("triton", reason="the plugins subcommand needs triton")
+    assert cli.main(["plugins", "--emit-ptx", str(tmp_path / "ptx"), "--ptx-isa", "8.3", "--arch", "90"]) == 0
+    assert calls == [(tmp_path / "ptx", {"arch": 90, "isa": 83, "overwrite": False})]
+    assert "36 kernels, PTX 8.3, sm_90" in capsys.readouterr().out
+    assert cli.main(["plugins", "--emit-ptx", str(tmp_path), "--ptx-isa", "eight"]) == 1
+    assert "--ptx-isa 'eight': expected X.Y" in capsys.readouterr().err
+    assert cli.main(["plugins", "--emit-ptx", str(tmp_path), "--arch", "75"]) == 1
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert cli.main(["plugins", "--emit-ptx", str(tmp_path)]) == 1
+    assert "unset TRITON_INTERPRET" in capsys.readouterr().err
+    assert len(calls) == 1

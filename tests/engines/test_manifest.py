@@ -30,7 +30,7 @@ def make_manifest(**changes) -> EngineManifest:
         tensorrt_version="11.4.0.106", gpu_name="NVIDIA H200", compute_capability=(9, 0), dtype="bf16",
         task="causal-lm", validation_outputs=False, config=TINY.to_dict(), onnx_sha256="ab" * 32,
         plugins=plugin_versions(), plugin_mode="aot", limits=limits,
-        profiles=make_profiles(TINY, IoNames(2), limits), engine_sha256="cd" * 32)
+        profiles=make_profiles(TINY, IoNames(2), limits), engine_sha256="cd" * 32, ptx_isa="8.0")
     return dataclasses.replace(manifest, **changes)
 
 
@@ -47,6 +47,17 @@ def test_write_then_read(tmp_path):
     raw = json.loads(path.read_text())
     assert raw["compute_capability"] == [9, 0] and raw["profiles"][1]["name"] == "decode"
     assert read_manifest(engine).io_names == IoNames(2) and read_manifest(engine).model_config == TINY
+
+
+def test_ptx_isa_is_recorded_and_optional(tmp_path):
+    """AOT engines record the PTX ISA of their kernels; a manifest without the field reads as ""."""
+    engine = tmp_path / "model.engine"
+    write_manifest(engine, make_manifest())
+    assert json.loads(manifest_path(engine).read_text())["ptx_isa"] == "8.0"
+    raw = make_manifest().to_dict()
+    del raw["ptx_isa"]
+    manifest_path(engine).write_text(json.dumps(raw))
+    assert read_manifest(engine).ptx_isa == ""
 
 
 def test_write_is_atomic(tmp_path, monkeypatch):

@@ -18,6 +18,8 @@ from engines import plugin_kernels
 from engines.plugins import (
     INDEX_TYPES,
     PLUGINS,
+    advertised_tactics,
+    building,
     check_signatures,
     define,
     plugin_versions,
@@ -25,6 +27,7 @@ from engines.plugins import (
 from export import schema
 from export.exporter import export_checkpoint
 from jetmoe.config import JetMoeConfig
+from jetmoe.errors import InputError
 from jetmoe.op_contract import NAMESPACE, OPS, VERSION
 from jetmoe.random_weights import write_random_checkpoint
 
@@ -133,8 +136,8 @@ class FakeKernel(NamedTuple):
 
 
 def fake_compile(op, desc, index_desc, tactic):
-    kernel = FakeKernel(f"{op}_{desc.dtype.name}_{index_desc.dtype.name}", ".entry", 4, 256)
-    return kernel, plugin_kernels.TACTICS[tactic]
+    assert tactic in plugin_kernels.TACTICS  # TensorRT's default tactic 0 is mapped before compiling
+    return FakeKernel(f"{op}_{desc.dtype.name}_{index_desc.dtype.name}", ".entry", 4, 256)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +150,8 @@ def test_functions_take_exactly_inputs_attributes_and_qdp_arguments(functions):
         check_signatures(spec, functions[name])  # raises on a mismatch
         assert tuple(inspect.signature(functions[name]["aot_impl"]).parameters) == spec.inputs + ("outputs", "tactic")
         assert inspect.signature(functions[name]["aot_impl"]).return_annotation is not inspect.Parameter.empty
+        # impl has one way to run: no tactic parameter, so QDP calls it without one (expects_tactic False)
+        assert tuple(inspect.signature(functions[name]["impl"]).parameters) == spec.inputs + ("outputs", "stream")
 
 
 def test_output_descriptors_are_static_shape_expressions(functions):
@@ -167,16 +172,48 @@ def test_autotune_offers_float_types_and_both_index_types(functions):
     assert combos[1].io_types.split(", ")[1] == "INT64" and len(combos[1].io_types.split(", ")) == 6
 
 
+def test_autotune_advertises_tactics_for_aot_builds_only(functions):
+    """QDP's autotune cannot see the mode; the builder states it around the build (`building`)."""
+    x = FakeDesc("T,D")
+    with building("jit"):
+        assert advertised_tactics() == []
+        combos = functions["expert_map"]["autotune"](x, x, x, ())
+        assert [c.tactics for c in combos] == [None, None]  # QDP: the default tactic 0 only, nothing timed
+        with pytest.raises(InputError, match="already running"), building("aot"):
+            pass
+    with building("aot"):
+        assert [c.tactics for c in functions["expert_reduce"]["autotune"](x, x, x, x, x, ())] == \
+            [sorted(plugin_kernels.TACTICS)] * 2
+    assert advertised_tactics() == sorted(plugin_kernels.TACTICS)  # outside a build: the AOT list
+    with pytest.raises(InputError, match="'fast'"), building("fast"):
+        pass
+
+
 def test_aot_launch_parameters_are_symbolic(functions):
     idx = FakeDesc("T,K", "INT32")
     name, _, launch, args = functions["expert_map"]["aot_impl"](FakeDesc("T,D"), idx, FakeDesc("E,N,D"), (), 2)
     assert name == "expert_map_BF16_INT32"
     assert (launch.grid_x, launch.grid_y, launch.block_x, launch.shared_mem) == ("max(T*K,1)", "cdiv(N,128)", 128, 256)
-    assert args == [("i32", "T*K"), ("i32", "K"), ("i32", "N"), ("i32", "D")]  # the kernel's R, K, N, D
+    assert args == [("i32", "T*K"), ("i32", "K"), ("i32", "N"), ("i32", "D"), ("i32", "E")]  # R, K, N, D, E
     name, _, launch, args = functions["expert_reduce"]["aot_impl"](
         FakeDesc("T,K,N"), idx, FakeDesc("T,K"), FakeDesc("E,D,N"), FakeDesc("D"), (), 1)
     assert (launch.grid_x, launch.grid_y) == ("max(T,1)", "cdiv(D,64)")
-    assert args == [("i32", "T"), ("i32", "K"), ("i32", "N"), ("i32", "D")]
+    assert args == [("i32", "T"), ("i32", "K"), ("i32", "N"), ("i32", "D"), ("i32", "E")]
+    # TensorRT's default tactic 0 runs the default tiles
+    _, _, launch, _ = functions["expert_reduce"]["aot_impl"](
+        FakeDesc("T,K,N"), idx, FakeDesc("T,K"), FakeDesc("E,D,N"), FakeDesc("D"), (), 0)
+    assert launch.grid_y == f"cdiv(D,{plugin_kernels.TACTICS[plugin_kernels.DEFAULT_TACTIC].block_n})"
+
+
+def test_launch_is_one_statement_for_expressions_and_ints():
+    """aot_impl (shape expressions), the torch launchers and scripts/gpu_check.py (ints) share `launch`."""
+    shapes = [(5, 24), (5, 2), (8, 37, 24)]  # x [T, D], expert_idx [T, K], w [E, N, D]
+    assert plugin_kernels.launch("expert_map", shapes, 2) == ((10, 1), (10, 2, 37, 24, 8))
+    assert plugin_kernels.launch("expert_map", [(0, 24), (0, 2), (8, 37, 24)], 3) == ((1, 2), (0, 2, 37, 24, 8))
+    shapes = [(5, 2, 37), (5, 2), (5, 2), (8, 24, 37), (24,)]  # h, expert_idx, gates, w [E, D, N], bias
+    assert plugin_kernels.launch("expert_reduce", shapes, 1) == ((5, 1), (5, 2, 37, 24, 8))
+    assert plugin_kernels.launch_formula("expert_map", 1) == {
+        "grid": ["max(T*K, 1)", "cdiv(N, 64)", 1], "extra_args": ["T*K", "K", "N", "D", "E"]}
 
 
 def test_kernel_argument_order_is_qdp_launch_order():
@@ -188,10 +225,12 @@ def test_kernel_argument_order_is_qdp_launch_order():
 
     tree = ast.parse((Path(engines.__file__).parent / "_plugin_jit.py").read_text())
     params = {f.name: [a.arg for a in f.args.args] for f in tree.body if isinstance(f, ast.FunctionDef)}
-    assert params["_expert_map_rows_kernel"] == ["x_ptr", "expert_idx_ptr", "w_ptr", "R", "K", "N", "D", "y_ptr",
-                                                 "BLOCK_N", "BLOCK_K"]
+    assert params["_expert_map_rows_kernel"] == ["x_ptr", "expert_idx_ptr", "w_ptr", "R", "K", "N", "D", "E",
+                                                 "y_ptr", "BLOCK_N", "BLOCK_K"]
     assert params["_expert_reduce_rows_kernel"] == ["h_ptr", "expert_idx_ptr", "gates_ptr", "w_ptr", "bias_ptr",
-                                                    "T", "K", "N", "D", "y_ptr", "BLOCK_D", "BLOCK_K"]
+                                                    "T", "K", "N", "D", "E", "y_ptr", "BLOCK_D", "BLOCK_K"]
+    for name, op in (("_expert_map_rows_kernel", "expert_map"), ("_expert_reduce_rows_kernel", "expert_reduce")):
+        assert len(params[name]) - 2 == plugin_kernels.DECLARED_ARGS[op]  # all but the two constexprs
     spec = PLUGINS["expert_reduce"]
     assert [p.removesuffix("_ptr").replace("w", "weight") for p in params["_expert_reduce_rows_kernel"][:5]] == \
         list(spec.inputs)

@@ -73,6 +73,9 @@ for name in ("expert_map", "expert_reduce"):
     combos = fns[name]["autotune"](*[None] * n_in, ())
     for c in combos:
         print(name, "tactics", c._tactics, [tuple(t) for t in _gen_onesided_combinations(c.io_types)])
+    with plugins.building("jit"):
+        combos = fns[name]["autotune"](*[None] * n_in, ())
+    print(name, "jit tactics", [[comb.tactics for comb in c._get_combinations()] for c in combos])
 '''
 
 
@@ -85,8 +88,11 @@ def test_real_qdp_decorators_accept_our_plugins():
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     print(done.stdout)
-    assert lines[0].startswith("jetmoe::expert_map ['x', 'expert_idx', 'weight'] {} 1 aot attrs [] impl attrs []")
+    assert lines[0].startswith("jetmoe::expert_map ['x', 'expert_idx', 'weight'] {} 1 aot attrs [] impl attrs [] "
+                               "tactic False")  # impl takes no tactic
     assert lines[1].startswith("jetmoe::expert_reduce ['h', 'expert_idx', 'gates', 'weight', 'bias'] {} 1")
     assert "idempotent ok" in lines
     assert "('BF16', 'INT64', 'BF16', 'BF16')" in done.stdout
     assert "('FP32', 'INT32', 'FP32', 'FP32', 'FP32', 'FP32')" in done.stdout
+    assert "expert_map tactics [1, 2, 3]" in done.stdout
+    assert "expert_reduce jit tactics [[None, None, None], [None, None, None]]" in done.stdout

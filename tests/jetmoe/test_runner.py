@@ -54,7 +54,8 @@ def runner(request):
     (dict(seq=65, batch=1), r"sequence length 65 \(cached 0 \+ new 65\) exceeds max_position_embeddings=64"),
     (dict(seq=1, past=64, batch=1), r"sequence length 65 \(cached 64 \+ new 1\)"),
     # a decode-step mask of one column: it would broadcast and un-mask the left padding
-    (dict(seq=1, past=4, mask=torch.ones(2, 1, dtype=torch.long)), r"attention_mask must be \[batch=2, cached\+new=5\]"),
+    (dict(seq=1, past=4, mask=torch.ones(2, 1, dtype=torch.long)),
+     r"attention_mask must be \[batch=2, cached\+new=5\]"),
     (dict(mask=torch.full((2, 3), 2)), "attention_mask must hold only 0 and 1"),
 ])
 def test_every_backend_refuses_what_eager_refuses(runner, change, message):

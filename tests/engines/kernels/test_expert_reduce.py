@@ -62,3 +62,21 @@ def test_input_errors_name_the_value(device):
         expert_reduce(h, idx, gates[:, :1], w, bias)
     with pytest.raises(InputError, match="h must be contiguous"):
         expert_reduce(h.transpose(0, 1).contiguous().transpose(0, 1), idx, gates, w, bias)
+
+
+@pytest.mark.parametrize("bad", [-1, 5, 7], ids=lambda b: f"id{b}")
+def test_out_of_range_ids_read_nothing_and_add_zero(bad, device):
+    """E = 5 (not a power of two): ids -1, E and E_POW2 - 1 join no group, read no weight and add zero, as the
+    AOT plugin kernels and the references do (TensorRT times plugins on made-up indices)."""
+    from engines.kernels import expert_map
+
+    x, idx, w_map, h, gates, w, bias = make_inputs(6, 13, 9, 5, 2, torch.float32, "random", device=device)
+    idx = idx.clone()
+    idx[1, 0] = bad
+    idx[4, 1] = bad
+    y_map = expert_map(x, idx, w_map, config=TILES)
+    assert bool((y_map[1, 0] == 0).all()) and bool((y_map[4, 1] == 0).all())
+    torch.testing.assert_close(y_map.cpu(), ops.expert_map_reference(x.cpu(), idx.cpu(), w_map.cpu()),
+                               atol=TOL[torch.float32], rtol=TOL[torch.float32])
+    check(expert_reduce(h, idx, gates, w, bias, config=TILES, sum_config=SUM_TILES), h, idx, gates, w, bias,
+          torch.float32)
