@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.lint import LintReport, lint_model
+from export.lint import LintReport, lint_model, load_graph
 
 
 def lint_file(model: Path) -> LintReport:
-    import onnx
-
-    return lint_model(onnx.load(model, load_external_data=False))
+    return lint_model(load_graph(model))

@@ -24,7 +24,10 @@ Design (written down because none of it can run on the machines this was written
   freed while it lives); capture runs in thread-local mode and a failed capture (execute_async_v3 returning
   False) drops the graph. A replay copies the feeds into the static inputs and returns clones of the static
   outputs (value semantics again): two cache-sized device copies per step, against the kernel launches the
-  graph saves. At most `max_graphs` graphs are kept (least recently used dropped).
+  graph saves. A key whose capture failed runs uncaptured from then on (no new context and capture per step).
+  At most `max_graphs` graphs are kept (least recently used dropped).
+- Every CUDA call of the runner (streams, the device, graphs and their capture) goes through `_Cuda`, the one
+  place tests/engines/test_runtime.py replaces to run this bookkeeping on a CPU against a stand-in TensorRT.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class TrtRunner(Runner):
     def __init__(self, engine_path: str | os.PathLike, *, cuda_graphs: bool = False, max_graphs: int = 8,
                  verbose: bool = False) -> None:
         super().__init__()
+        if not isinstance(max_graphs, int) or isinstance(max_graphs, bool) or max_graphs < 1:
+            raise InputError(f"max_graphs must be a positive integer, got {max_graphs!r}")
         self.path = Path(engine_path)
         if not self.path.is_file():
             raise InputError(f"no TensorRT engine at {self.path}")
@@ -68,13 +73,15 @@ class TrtRunner(Runner):
         gpu_name, cc = flavours.require_cuda_gpu()
         plugins = {}
         if self.manifest.dispatch == "plugin":
-            from engines.plugins import plugin_versions, register_plugins
+            from engines.plugins import plugin_versions
 
             plugins = plugin_versions()
         for warning in check_compatible(self.manifest, tensorrt_version=trt.__version__, gpu_name=gpu_name,
                                         compute_capability=cc, plugins=plugins):
             log.warning("%s", warning)
         if self.manifest.plugin_mode == "jit":
+            from engines.plugins import register_plugins
+
             register_plugins()  # the engine calls back into engines/plugins.py
         self._trt = trt
         self._logger = trt.Logger(trt.Logger.VERBOSE if self.verbose else trt.Logger.WARNING)
@@ -86,8 +93,9 @@ class TrtRunner(Runner):
         self.io_names = self.manifest.io_names
         self.dtype = dtypes.float_dtype(self.manifest.dtype)
         self.max_batch, self.max_seq = self.manifest.limits.max_batch, self.manifest.limits.max_seq
-        self.device = torch.device("cuda", torch.cuda.current_device())
-        self.stream = torch.cuda.Stream(self.device)
+        self._cuda = _Cuda()
+        self.device = self._cuda.device()
+        self.stream = self._cuda.stream(self.device)
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         check_io(self.io_names.inputs, self.io_names.outputs,
                  [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT],
@@ -97,11 +105,15 @@ class TrtRunner(Runner):
         self._contexts = [self._context(profile) for profile in range(len(self.manifest.profiles))]
         self._graphs: collections.OrderedDict[tuple, dict[str, Any]] = collections.OrderedDict()
         self._seen: set[tuple] = set()
+        self._uncapturable: set[tuple] = set()  # decode keys whose capture failed: they run uncaptured
+        self._keep: list[Tensor] = []
 
     def deactivate_impl(self) -> None:
-        self._graphs.clear()
+        self._graphs.clear()  # graphs and their contexts first: they run in the shared memory block
         self._contexts = []
         self.engine = None
+        self._memory = None
+        self._keep = []
 
     def _device_memory_size(self) -> int:
         sizes = [self.engine.get_device_memory_size_for_profile_v2(i) for i in range(len(self.manifest.profiles))]
@@ -122,13 +134,13 @@ class TrtRunner(Runner):
     # ---- inference ------------------------------------------------------------------------------------------
 
     def infer_impl(self, feeds: dict[str, Tensor]) -> dict[str, Tensor]:
-        with torch.cuda.device(self.device):
+        with self._cuda.on_device(self.device):
             inputs = {name: t.to(self.device, self.tensor_dtypes[name], non_blocking=True).contiguous()
                       for name, t in feeds.items()}
             shapes = {name: tuple(t.shape) for name, t in inputs.items()}
             profile = select_profile(self.manifest.profiles, shapes)
             key = (profile, tuple(sorted(shapes.items())))
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            self.stream.wait_stream(self._cuda.current_stream(self.device))
             if self.cuda_graphs and self.manifest.profiles[profile].name == "decode":
                 outputs = self._infer_graph(key, profile, inputs)
             else:
@@ -140,9 +152,10 @@ class TrtRunner(Runner):
                  ) -> dict[str, Tensor]:
         """Bind shapes and addresses on `context` and enqueue one execution on the runner's stream."""
         keep = bind(context, inputs, self.device, inputs=True)
-        if context.infer_shapes():
-            raise EngineError(f"{self.path}: input shapes not set for {context.infer_shapes()}")
-        outputs = outputs if outputs is not None else {
+        unset = context.infer_shapes()
+        if unset:
+            raise EngineError(f"{self.path}: input shapes not set for {unset}")
+        outputs = {k: v for k, v in inputs.items() if False} or {
             name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=self.tensor_dtypes[name],
                               device=self.device) for name in self.io_names.outputs}
         keep += bind(context, outputs, self.device, inputs=False)
@@ -155,17 +168,18 @@ class TrtRunner(Runner):
         graph = self._graphs.get(key)
         if graph is None:
             shapes = dict(key[1])
-            if key not in self._seen:
+            if key not in self._seen or key in self._uncapturable:
                 self._seen.add(key)
                 return self._enqueue(self._contexts[profile], inputs, shapes)
             graph = self._capture(profile, inputs, shapes)
             if graph is None:
+                self._uncapturable.add(key)
                 return self._enqueue(self._contexts[profile], inputs, shapes)
             self._graphs[key] = graph
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        with torch.cuda.stream(self.stream):
+        with self._cuda.use_stream(self.stream):
             for name, tensor in inputs.items():
                 graph["inputs"][name].copy_(tensor)
             graph["graph"].replay()
@@ -178,9 +192,9 @@ class TrtRunner(Runner):
         static_out = self._enqueue(context, static_in, shapes)  # the warm-up enqueue, and the output buffers
         keep = self._keep
         self.stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
+        graph = self._cuda.graph()
         try:
-            with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+            with self._cuda.capture(graph, self.stream, capture_error_mode="thread_local"):
                 ok = context.execute_async_v3(self.stream.cuda_stream)
         except RuntimeError as e:
             log.warning("CUDA graph capture failed for %s (%s): running uncaptured", shapes, e)
@@ -189,6 +203,32 @@ class TrtRunner(Runner):
             log.warning("TensorRT could not enqueue while capturing a CUDA graph for %s: running uncaptured", shapes)
             return None
         return {"graph": graph, "context": context, "inputs": static_in, "outputs": static_out, "keep": keep}
+
+
+class _Cuda:
+    """The runner's CUDA calls, each a thin torch.cuda one: the seam a CPU test replaces (monkeypatch `_Cuda`)."""
+
+    def device(self) -> torch.device:  # where the runner allocates: the current CUDA device
+        return torch.device("cuda", torch.cuda.current_device())
+
+    def stream(self, device: torch.device) -> torch.cuda.Stream:
+        return torch.cuda.Stream(device)
+
+    def current_stream(self, device: torch.device) -> torch.cuda.Stream:
+        return torch.cuda.current_stream(device)
+
+    def on_device(self, device: torch.device):  # context manager: `device` is current
+        return torch.cuda.device(device)
+
+    def use_stream(self, stream: torch.cuda.Stream):  # context manager: `stream` is current
+        return torch.cuda.stream(stream)
+
+    def graph(self) -> torch.cuda.CUDAGraph:
+        return torch.cuda.CUDAGraph()
+
+    def capture(self, graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, capture_error_mode: str):
+        """Context manager: the work enqueued on `stream` inside it is captured into `graph`."""
+        return torch.cuda.graph(graph, stream=stream, capture_error_mode=capture_error_mode)
 
 
 def bind(context, tensors: dict[str, Tensor], device: torch.device, inputs: bool) -> list[Tensor]:
@@ -209,8 +249,10 @@ def bind(context, tensors: dict[str, Tensor], device: torch.device, inputs: bool
 def check_io(want_inputs: list[str], want_outputs: list[str], inputs: list[str], outputs: list[str],
              where: str) -> None:
     """The engine's I/O tensors against the manifest's, by name (TensorRT promises no order)."""
-    if set(inputs) != set(want_inputs) or set(outputs) != set(want_outputs):
-        missing = sorted(set(want_inputs + want_outputs) - set(inputs + outputs))
-        extra = sorted(set(inputs + outputs) - set(want_inputs + want_outputs))
-        raise EngineError(f"{where} does not have the I/O its manifest describes: missing {missing}, "
-                          f"unexpected {extra}")
+    problems = []
+    for kind, want, have in (("inputs", want_inputs, inputs), ("outputs", want_outputs, outputs)):
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        problems += [f"missing {kind} {missing}"] if missing else []
+        problems += [f"unexpected {kind} {extra}"] if extra else []
+    if problems:
+        raise EngineError(f"{where} does not have the I/O its manifest describes: {'; '.join(problems)}")

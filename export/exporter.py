@@ -23,7 +23,7 @@ import torch
 
 from export import schema
 from export.functions import local_functions
-from export.lint import LintReport, lint_model
+from export.lint import LintReport, lint_model, load_graph
 from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records
 from jetmoe import checkpoint, dtypes
 from jetmoe.config import JetMoeConfig
@@ -44,7 +44,7 @@ _PREFIX = "m."  # the wrapper's attribute holding the model; stripped to get HF 
 
 def lint_file(model: Path) -> LintReport:
     """The default check of a written model: the transcribed TensorRT operator table (export/lint.py)."""
-    return lint_model(onnx.load(model, load_external_data=False))
+    return lint_model(load_graph(model))
 
 
 def export_checkpoint(
@@ -128,7 +128,8 @@ class _CausalLM(torch.nn.Module):
         out = self.m(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      past_key_values=past, use_cache=True, output_router_logits=self.validation_outputs,
                      output_hidden_states=self.validation_outputs)
-        extra = (out.router_logits, out.hidden_states, out.moa_hidden_states) if self.validation_outputs else ()
+        extra = ((out.router_logits, out.selected_experts, out.hidden_states, out.moa_hidden_states)
+                 if self.validation_outputs else ())
         return (out.logits, out.past_key_values.to_tuple(), *extra)
 
 
@@ -141,7 +142,8 @@ class _SequenceClassification(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
         out = self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                      output_router_logits=self.validation_outputs, output_hidden_states=self.validation_outputs)
-        extra = (out.router_logits, out.hidden_states, out.moa_hidden_states) if self.validation_outputs else ()
+        extra = ((out.router_logits, out.selected_experts, out.hidden_states, out.moa_hidden_states)
+                 if self.validation_outputs else ())
         return (out.logits, *extra)
 
 

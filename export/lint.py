@@ -8,10 +8,12 @@ output shape may sit on the main path. Local-function bodies are not linted: Ten
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import onnx
 
 from export import schema, trt_operators
+from jetmoe.errors import ExportError
 from jetmoe.op_contract import OPS
 
 # Ops whose first input is not the data whose type the table lists: check their output instead.
@@ -44,6 +46,17 @@ class LintReport:
         lines = [f"TensorRT lint failed: {len(self.issues)} problem(s) in {self.nodes} nodes "
                  f"(TensorRT {trt_operators.TRT_VERSION} ONNX operator table)"]
         return "\n".join(lines + [f"  {issue}" for issue in self.issues])
+
+
+def load_graph(path: Path) -> onnx.ModelProto:
+    """model.onnx without its weights; ExportError (one line) when the file is not a readable ONNX model."""
+    try:
+        return onnx.load(path, load_external_data=False)
+    except FileNotFoundError:
+        raise ExportError(f"no ONNX model at {path}") from None
+    except Exception as e:  # protobuf's DecodeError and friends: a truncated or foreign file
+        raise ExportError(f"{path} is not a readable ONNX model (truncated or another format?): "
+                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot parse'}") from None
 
 
 def lint_model(model: onnx.ModelProto) -> LintReport:

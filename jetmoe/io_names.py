@@ -34,6 +34,11 @@ class IoNames:
         return [f"router_logits.{i}.{part}" for i in range(self.num_layers) for part in ("moa", "moe")]
 
     @property
+    def selected_experts(self) -> list[str]:
+        """Per layer, MoA then MoE, the experts each token was routed to [batch*seq, K] int64 (validation outputs)."""
+        return [f"selected_experts.{i}.{part}" for i in range(self.num_layers) for part in ("moa", "moe")]
+
+    @property
     def hidden_states(self) -> list[str]:
         """Embeddings, then each block's output, the last one after the final norm (validation outputs)."""
         return [f"hidden_states.{i}" for i in range(self.num_layers + 1)]
@@ -55,14 +60,16 @@ class IoNames:
         if self.task == "causal-lm":
             names += [n for pair in self.present for n in pair]
         if self.validation_outputs:
-            names += self.router_logits + self.hidden_states + self.moa_hidden_states
+            names += self.router_logits + self.selected_experts + self.hidden_states + self.moa_hidden_states
         return names
 
     def dim_labels(self) -> list[tuple[str, int, str]]:
         """(input, axis, label) naming the graph's symbolic dimensions."""
-        labels = [("input_ids", 0, "batch"), ("input_ids", 1, "seq")]
+        labels = [("input_ids", 0, "batch"), ("input_ids", 1, "seq"), ("attention_mask", 0, "batch")]
         if self.task == "causal-lm":
             labels += [(self.past[0][0], 2, "past_seq"), ("attention_mask", 1, "total_seq")]
+        else:
+            labels += [("attention_mask", 1, "seq")]
         return labels
 
 

@@ -112,12 +112,14 @@ class JetMoeModel(JetMoePreTrainedModel):
         cos, sin = rope_cos_sin(position_ids, config.kv_channels, config.rope_theta, inputs_embeds.dtype)
 
         hidden = inputs_embeds
-        all_hidden, all_moa, all_attn, all_router = [], [], [], []
+        all_hidden, all_moa, all_attn, all_router, all_selected = [], [], [], [], []
         for block in self.layers:
             if output_hidden_states:
                 all_hidden.append(hidden)
-            hidden, moa_hidden, attn, router_logits = block(hidden, cos, sin, bias, cache, output_attentions)
+            hidden, moa_hidden, attn, router_logits, selected = block(hidden, cos, sin, bias, cache,
+                                                                      output_attentions)
             all_moa.append(moa_hidden)
+            all_selected.extend(selected)
             all_attn.append(attn)
             all_router.extend(router_logits)
         hidden = self.norm(hidden)
@@ -131,6 +133,7 @@ class JetMoeModel(JetMoePreTrainedModel):
             moa_hidden_states=tuple(all_moa) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
             router_logits=tuple(all_router) if output_router_logits else None,
+            selected_experts=tuple(all_selected) if output_router_logits else None,
         )
         return out if return_dict is not False else out.to_tuple()
 
@@ -181,7 +184,7 @@ class JetMoeForCausalLM(GenerationMixin, JetMoePreTrainedModel):
             if loss is not None:
                 loss = loss + self.config.aux_loss_coef * aux_loss
         out = CausalLMOutput(loss, aux_loss, logits, base.past_key_values, base.hidden_states, base.attentions,
-                             base.router_logits, base.moa_hidden_states)
+                             base.router_logits, base.moa_hidden_states, base.selected_experts)
         return out if return_dict is not False else out.to_tuple()
 
 
@@ -227,7 +230,7 @@ class JetMoeForSequenceClassification(JetMoePreTrainedModel):
 
         loss = None if labels is None else classification_loss(pooled, labels, self.config)
         out = SequenceClassifierOutput(loss, pooled, base.past_key_values, base.hidden_states, base.attentions,
-                                       base.router_logits, base.moa_hidden_states)
+                                       base.router_logits, base.moa_hidden_states, base.selected_experts)
         return out if return_dict is not False else out.to_tuple()
 
 
@@ -245,13 +248,15 @@ class JetMoeBlock(nn.Module):
         self.mlp = MixtureOfExperts(config)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, cache: KVCache | None,
-                output_attentions: bool | None) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor]]:
-        """Block output, the state between MoA and MoE, attention weights, (MoA, MoE) router logits."""
-        attn_out, attn, moa_logits = self.self_attention(self.input_layernorm(x), cos, sin, bias, cache,
-                                                         output_attentions)
+                output_attentions: bool | None
+                ) -> tuple[Tensor, Tensor, Tensor | None, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        """Block output, the state between MoA and MoE, attention weights, (MoA, MoE) router logits and
+        (MoA, MoE) selected experts."""
+        attn_out, attn, moa_logits, moa_idx = self.self_attention(self.input_layernorm(x), cos, sin, bias, cache,
+                                                                  output_attentions)
         h = x + attn_out
-        mlp_out, moe_logits = self.mlp(self.post_attention_layernorm(h))
-        return h + mlp_out, h, attn, (moa_logits, moe_logits)
+        mlp_out, moe_logits, moe_idx = self.mlp(self.post_attention_layernorm(h))
+        return h + mlp_out, h, attn, (moa_logits, moe_logits), (moa_idx, moe_idx)
 
 
 class MixtureOfAttention(nn.Module):
@@ -274,7 +279,7 @@ class MixtureOfAttention(nn.Module):
         self.kv_proj = nn.Linear(config.hidden_size, 2 * width, bias=False)  # keys first, then values
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, cache: KVCache | None,
-                output_attentions: bool | None) -> tuple[Tensor, Tensor | None, Tensor]:
+                output_attentions: bool | None) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
         B, S, D = x.shape
         Hkv, Dh, K = self.num_kv_heads, self.head_dim, self.top_k
         flat = x.reshape(B * S, D)  # [T, D]
@@ -292,7 +297,8 @@ class MixtureOfAttention(nn.Module):
         bias = bias.repeat(1, 1, K, 1)  # [B or 1, 1, K*S, L], rows as q's
         # the explicit path when exporting too: SDPA would lower to a softmax in the activation type
         if output_attentions or (self.training and self.dropout) or torch.compiler.is_compiling():
-            scores = torch.matmul(q, key.transpose(2, 3)) * Dh**-0.5  # [B, Hkv, K*S, L]
+            # scale first and multiply in fp32: a half-precision q.k can overflow (65504) before any scaling
+            scores = torch.matmul((q * Dh**-0.5).float(), key.float().transpose(2, 3))  # [B, Hkv, K*S, L]
             probs = F.dropout(torch.softmax(scores.float() + bias, dim=-1), self.dropout, self.training)
             probs = probs.to(x.dtype)
             out = torch.matmul(probs, value)  # [B, Hkv, K*S, Dh]
@@ -303,7 +309,7 @@ class MixtureOfAttention(nn.Module):
         out = out.view(B, Hkv, K, S, Dh).permute(0, 3, 2, 1, 4).reshape(B * S, K, Hkv * Dh)  # [T, K, Hkv*Dh]
         y = ops.expert_reduce(out, expert_idx, gates, self.experts.output_linear.weight, self.experts.bias)
         attn = None if probs is None else probs.view(B, Hkv, K, S, L).transpose(1, 2).reshape(B, K * Hkv, S, L)
-        return y.view(B, S, D), attn, router_logits
+        return y.view(B, S, D), attn, router_logits, expert_idx
 
 
 class MixtureOfExperts(nn.Module):
@@ -319,7 +325,7 @@ class MixtureOfExperts(nn.Module):
         self.router = TopKRouter(D, E, config.num_experts_per_tok)
         self.bias = nn.Parameter(torch.zeros(D))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, S, D = x.shape
         I = self.intermediate_size
         flat = x.reshape(B * S, D)  # [T, D]
@@ -327,7 +333,7 @@ class MixtureOfExperts(nn.Module):
         h = ops.expert_map(flat, expert_idx, self.input_linear.weight)  # [T, K, 2I]
         h = self.activation(h[..., :I]) * h[..., I:]  # [T, K, I]
         y = ops.expert_reduce(h, expert_idx, gates, self.output_linear.weight, self.bias)  # [T, D]
-        return y.view(B, S, D), router_logits
+        return y.view(B, S, D), router_logits, expert_idx
 
 
 class ExpertPair(nn.Module):
@@ -348,7 +354,10 @@ class ExpertWeights(nn.Module):
 
 
 class TopKRouter(nn.Module):
-    """Top-k over logits, then softmax over the k (JetMoE gate). Logits are fp32 after the GEMM's own dtype."""
+    """Top-k over logits, then softmax over the k (JetMoE gate). Logits are fp32 after the GEMM's own dtype.
+
+    Tie rule (every backend): among equal logits the lower expert index is chosen first, as ONNX TopK
+    specifies. HF's torch.topk leaves that order unspecified; exact ties are rare in fp32 and frequent in bf16."""
 
     def __init__(self, hidden: int, num_experts: int, top_k: int) -> None:
         super().__init__()
@@ -357,7 +366,11 @@ class TopKRouter(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         logits = self.layer(x).float()  # [T, E]
-        top_logits, expert_idx = logits.topk(self.top_k, dim=-1)  # [T, K]
+        if torch.compiler.is_compiling():  # ONNX TopK: equal logits -> the lower expert index first (its spec)
+            top_logits, expert_idx = logits.topk(self.top_k, dim=-1)  # [T, K]
+        else:  # the same tie rule, explicitly (torch.topk promises no order among equal values)
+            expert_idx = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :self.top_k]  # [T, K]
+            top_logits = logits.gather(-1, expert_idx)  # [T, K]
         gates = torch.softmax(top_logits, dim=-1).to(x.dtype)  # [T, K]
         return gates, expert_idx, logits
 

@@ -10,10 +10,14 @@ from torch import Tensor
 from jetmoe.cache import KVCache
 
 
+_NOT_HF = ("moa_hidden_states", "selected_experts")  # our extras: never in the HF-ordered tuple
+
+
 @dataclasses.dataclass
 class _Output:
     def to_tuple(self) -> tuple[Any, ...]:
-        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self)) if v is not None)
+        return tuple(v for v in (getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _NOT_HF)
+                     if v is not None)
 
 
 @dataclasses.dataclass
@@ -26,6 +30,9 @@ class JetMoeModelOutput(_Output):
     # Not in HF's output (and last, so HF's tuple order holds): per layer, the state after the MoA residual,
     # before the MoE. With hidden_states it locates an error to a sub-block. Filled with output_hidden_states.
     moa_hidden_states: tuple[Tensor, ...] | None = None
+    # Not in HF's output: per layer MoA then MoE, the experts each token was routed to [B*S, K] int64 (the tie
+    # rule of TopKRouter). Filled with output_router_logits; the validator compares backends' real selections.
+    selected_experts: tuple[Tensor, ...] | None = None
 
 
 @dataclasses.dataclass
@@ -38,6 +45,7 @@ class CausalLMOutput(_Output):
     attentions: tuple[Tensor, ...] | None = None
     router_logits: tuple[Tensor, ...] | None = None
     moa_hidden_states: tuple[Tensor, ...] | None = None  # not in HF's output; see JetMoeModelOutput
+    selected_experts: tuple[Tensor, ...] | None = None  # not in HF's output; see JetMoeModelOutput
 
 
 @dataclasses.dataclass
@@ -49,3 +57,4 @@ class SequenceClassifierOutput(_Output):
     attentions: tuple[Tensor, ...] | None = None
     router_logits: tuple[Tensor, ...] | None = None  # not in HF's output; last, so HF's tuple order holds
     moa_hidden_states: tuple[Tensor, ...] | None = None
+    selected_experts: tuple[Tensor, ...] | None = None

@@ -142,5 +142,5 @@ class EagerRunner(Runner):
         if names.task == "causal-lm":
             values += [t for pair in out.past_key_values for t in pair]
         if extra:
-            values += [*out.router_logits, *out.hidden_states, *out.moa_hidden_states]
+            values += [*out.router_logits, *out.selected_experts, *out.hidden_states, *out.moa_hidden_states]
         return dict(zip(names.outputs, values, strict=True))

@@ -23,7 +23,7 @@ def swiglu_halves_swapped(patch) -> None:
         gates, idx, logits = self.router(flat)
         h = ops.expert_map(flat, idx, self.input_linear.weight)
         h = torch.nn.functional.silu(h[..., I:]) * h[..., :I]
-        return ops.expert_reduce(h, idx, gates, self.output_linear.weight, self.bias).view(B, S, D), logits
+        return ops.expert_reduce(h, idx, gates, self.output_linear.weight, self.bias).view(B, S, D), logits, idx
     patch.setattr(model_module.MixtureOfExperts, "forward", forward)
 
 

@@ -85,20 +85,21 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def routing_stats(ref_logits: np.ndarray, test_logits: np.ndarray, top_k: int, tie_margin: float,
-                  layer: int, router: str) -> RoutingStats:
-    """ref_logits, test_logits: [N, E] router logits of the real tokens. Decisions are expert sets per token
-    (slot order does not change JetMoe's output: the gate-weighted sum over slots is symmetric)."""
-    order = np.argsort(-ref_logits, axis=-1, kind="stable")
-    ref_sets = np.sort(order[:, :top_k], -1)
-    test_sets = np.sort(np.argsort(-test_logits, axis=-1, kind="stable")[:, :top_k], -1)
+def routing_stats(ref_logits: np.ndarray, ref_selected: np.ndarray, test_selected: np.ndarray, top_k: int,
+                  tie_margin: float, layer: int, router: str) -> RoutingStats:
+    """ref_logits [N, E]: the reference's router logits of the real tokens; ref_selected, test_selected [N, K]:
+    the experts each backend actually routed them to (its validation outputs, so its own top-k and tie rule).
+    Decisions are expert sets per token (slot order does not change JetMoe's output: the gate-weighted sum over
+    slots is symmetric). Tokens whose k-th and (k+1)-th reference logits are closer than `tie_margin` are
+    near-ties: left out of the agreement, and counted as flips where the two backends chose differently."""
+    ranked = -np.sort(-ref_logits, axis=-1)
     if top_k < ref_logits.shape[-1]:
-        ranked = np.take_along_axis(ref_logits, order, -1)
         tie = ranked[:, top_k - 1] - ranked[:, top_k] < tie_margin
     else:
         tie = np.zeros(len(ref_logits), bool)
+    ref_sets, test_sets = np.sort(ref_selected, -1), np.sort(test_selected, -1)
     # slots agreeing per token
-    same = np.array([len(np.intersect1d(a, b)) for a, b in zip(ref_sets, test_sets, strict=True)])
+    same = np.array([len(np.intersect1d(a, b)) for a, b in zip(ref_sets, test_sets, strict=True)], dtype=int)
     decisions = int((~tie).sum()) * top_k
     agree = float(same[~tie].sum() / decisions) if decisions else 1.0
     flips = int((same[tie] < top_k).sum())

@@ -8,6 +8,7 @@ tighter, only different. The looser half-precision limits below are the honest c
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from jetmoe.errors import InputError
 
@@ -25,16 +26,39 @@ class Tolerances:
     generation_must_match: bool  # greedy tokens identical for every step
 
     def replace(self, overrides: dict[str, str]) -> Tolerances:
+        """These limits with `overrides` (name -> text) applied. Refuses (InputError) unknown names, and values
+        that would switch a check off or make it meaningless: NaN, infinite or negative limits, fractions
+        (min_top1, min_routing) outside [0, 1], and booleans other than true/false/yes/no/1/0."""
         fields = {f.name: f.type for f in dataclasses.fields(self)}
         values = {}
         for key, text in overrides.items():
             if key not in fields:
                 raise InputError(f"unknown tolerance {key!r}; known: {sorted(fields)}")
-            try:
-                values[key] = text.lower() in ("1", "true", "yes") if fields[key] == "bool" else float(text)
-            except ValueError:
-                raise InputError(f"tolerance {key}={text!r} is not a number") from None
+            values[key] = _parse_bool(key, text) if fields[key] == "bool" else _parse_limit(key, text)
         return dataclasses.replace(self, **values)
+
+
+_FRACTIONS = ("min_top1", "min_routing")
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _parse_bool(key: str, text: str) -> bool:
+    if text.strip().lower() not in _BOOLS:
+        raise InputError(f"tolerance {key}={text!r} is not true or false")
+    return _BOOLS[text.strip().lower()]
+
+
+def _parse_limit(key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"tolerance {key}={text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"tolerance {key}={text!r} must be a finite number >= 0 (NaN or infinity would switch "
+                         f"the check off)")
+    if key in _FRACTIONS and value > 1:
+        raise InputError(f"tolerance {key}={text!r} is a fraction: it must be in [0, 1]")
+    return value
 
 
 DEFAULTS = {

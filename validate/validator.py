@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from engines.runtime import TrtRunner
-from export.manifest import read_manifest
+from export.manifest import model_path, read_manifest
 from export.onnx_runtime import OnnxrtRunner
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import CheckpointError, InputError, Unavailable
-from jetmoe.fileio import atomic_write_text
+from jetmoe.fileio import atomic_write_text, check_output
 from jetmoe.generate import generate
 from jetmoe.model import TASKS
 from jetmoe.runner import EagerRunner, Runner
@@ -126,15 +126,20 @@ def validate_export(
         raise CheckpointError(f"checkpoint folder {checkpoint} does not exist")
     if onnx is None and engine is None:
         raise InputError("nothing to validate: give an ONNX model (--onnx) and/or a TensorRT engine (--engine)")
-    for path in (onnx, engine):
-        if path is not None and not Path(path).is_file():
-            raise InputError(f"{path} does not exist")
+    onnx = None if onnx is None else model_path(onnx)  # an export folder is as good as its model.onnx
+    if engine is not None and not Path(engine).is_file():
+        raise InputError(f"no TensorRT engine at {engine}")
     config = JetMoeConfig.from_pretrained(checkpoint)
     task, dtype = "causal-lm", "fp32"
     if onnx is not None:
         manifest = read_manifest(Path(onnx))
         check_same_model(config, manifest.model_config, Path(onnx))
         task, dtype = manifest.task, manifest.dtype
+        log.info("[validate] checking %s against the sha256s in export.json", Path(onnx).parent)
+        manifest.verify_files(model_path(onnx).parent, sha256=True)  # trust nothing modified after export
+    tolerances = DEFAULTS[dtype].replace(tolerance_overrides or {})
+    if polygraphy_dir is not None:
+        check_output(polygraphy_dir, kind="dir", overwrite=True, inputs=[checkpoint], marker="reference.json")
 
     cases = default_cases(config, decode_steps, long_context) if task == "causal-lm" else default_cases(
         config, 0, 0)[:1]
@@ -149,7 +154,6 @@ def validate_export(
     runners: list[Runner] = [OnnxrtRunner(onnx, provider) for provider in providers] if onnx else []
     if engine is not None:
         runners.append(TrtRunner(engine))
-    tolerances = DEFAULTS[dtype].replace(tolerance_overrides or {})
     backends = []
     for runner in runners:
         log.info("[validate] backend %s", runner.name)
@@ -217,9 +221,11 @@ def compare_step(case: str, ref: Step, test: Step, runner: Runner, config: JetMo
     routing = errors = divergence = None
     if names.validation_outputs:
         flat_real = real.reshape(-1)
-        routing = [metrics.routing_stats(ref.outputs[name][flat_real], test.outputs[name][flat_real],
-                                         config.num_experts_per_tok, tolerances.tie_margin, i // 2, name[-3:])
-                   for i, name in enumerate(names.router_logits)]
+        routing = [metrics.routing_stats(ref.outputs[logits][flat_real], ref.outputs[selected][flat_real],
+                                         test.outputs[selected][flat_real], config.num_experts_per_tok,
+                                         tolerances.tie_margin, i // 2, logits[-3:])
+                   for i, (logits, selected) in enumerate(zip(names.router_logits, names.selected_experts,
+                                                              strict=True))]
         for r in routing:
             if r.agree < tolerances.min_routing:
                 failures.append(f"layer {r.layer} {r.router.upper()} routing agreement {r.agree:.3f} < "

@@ -14,6 +14,7 @@ from export.exporter import DATA_NAME, MANIFEST_NAME, MODEL_NAME, export_checkpo
 from export.onnx_runtime import OnnxrtRunner
 from jetmoe import CheckpointError, ExportError, InputError, KVCache, OutputError
 from jetmoe.generate import generate
+from tests.conftest import CONFIGS
 
 FP32_TOL = 1e-4
 
@@ -231,3 +232,20 @@ def test_crash_mid_export_leaves_nothing(tiny_checkpoint, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="killed while optimizing"):
         export_checkpoint(tiny_checkpoint[0], tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_export_of_loud_attention_stays_finite(tmp_path):
+    """A block whose raw q.k reaches ~1.4e5 (past fp16's range): the fp16 graph scales q first and multiplies
+    in fp32, so ONNX Runtime (and a TensorRT fp16 engine, which runs the same graph) stays finite and close."""
+    from tests.jetmoe.test_model_parity import loud_attention
+
+    model = loud_attention(CONFIGS["tiny"])
+    model.save_pretrained(tmp_path / "ckpt")
+    runner = OnnxModel(export_checkpoint(tmp_path / "ckpt", tmp_path / "onnx", dtype="fp16"))
+    ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(2))
+    mask, pos = torch.ones_like(ids), torch.arange(12)[None]
+    out = runner.run(feeds_for(runner, ids, mask, pos, empty_past(runner.config, 1, torch.float16)))
+    with torch.no_grad():
+        ref = model(ids).logits.numpy()
+    assert np.isfinite(out["logits"]).all()
+    assert np.abs(out["logits"].astype(np.float32) - ref).max() < 0.05 * np.abs(ref).max()

@@ -99,11 +99,16 @@ def test_bad_inputs_name_the_value():
         ops.expert_reduce(h, idx, gates.half(), w_red, bias)
 
 
-def test_router_ties_pick_what_torch_topk_picks():
+def test_router_ties_pick_the_lower_expert_index():
+    """The tie rule of every backend (ONNX TopK's): among equal logits the lower expert index comes first."""
     router = TopKRouter(hidden=4, num_experts=6, top_k=2)
     with torch.no_grad():
         router.layer.weight.copy_(torch.tensor([[1.0, 0, 0, 0]] * 3 + [[0.5, 0, 0, 0]] * 3))  # experts 0-2 tie
     x = torch.tensor([[2.0, 1.0, 0.0, 0.0], [-2.0, 0.0, 0.0, 0.0]])
     gates, idx, logits = router(x)
-    assert torch.equal(idx, logits.topk(2, dim=-1).indices)
+    assert idx.tolist() == [[0, 1], [3, 4]]  # row 0: 0, 1, 2 tie at the top; row 1: 3, 4, 5 tie
+    wide = TopKRouter(hidden=1, num_experts=64, top_k=3)  # a width where torch.topk's own order may differ
+    with torch.no_grad():
+        wide.layer.weight.fill_(1.0)
+    assert wide(torch.ones(5, 1))[1].tolist() == [[0, 1, 2]] * 5
     torch.testing.assert_close(gates, torch.full((2, 2), 0.5))  # tied logits -> equal gates
