@@ -38,6 +38,19 @@ def import_tensorrt(name: str = TENSORRT.name):
         raise Unavailable(f"{which.name} is not installed ({e.name or which.module}: {which.install})") from None
 
 
+def importable() -> list[str]:
+    """The flavours whose module imports here, full TensorRT first (a `tensorrt` whose libraries are missing
+    does not count)."""
+    found = []
+    for which in FLAVOURS.values():
+        try:
+            __import__(which.module)
+        except (ImportError, OSError):  # OSError: a bindings wheel without its libraries
+            continue
+        found.append(which.name)
+    return found
+
+
 def require_cuda_gpu() -> tuple[str, tuple[int, int]]:
     """(name, compute capability) of the current CUDA device, or Unavailable."""
     import torch

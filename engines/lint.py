@@ -1,12 +1,45 @@
-"""`jetmoe lint`: the transcribed TensorRT operator table (export/lint.py) and, where a TensorRT flavour is
-importable, its real ONNX parser, node by node."""
+"""`jetmoe lint` (and every `jetmoe export`): TensorRT's own ONNX parser node by node where a TensorRT flavour is
+importable (full TensorRT first, then TensorRT-RTX: engines/parse.py), else the transcribed operator table
+(export/lint.py). Either way the `jetmoe` nodes and local functions are checked against the dispatch export.json
+records, when it is beside the model. The report says which check ran.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from export.lint import LintReport, lint_model, load_graph
+from engines import flavour as flavours
+from engines.parse import ParseReport, parse_report
+from export.lint import TABLE_CHECK, LintIssue, LintReport, check_dispatch, lint_model, load_graph
+from export.manifest import MANIFEST_NAME, read_manifest
 
 
 def lint_file(model: Path) -> LintReport:
-    return lint_model(load_graph(model))
+    graph = load_graph(model)
+    dispatch, layers = _recorded(Path(model))
+    found = flavours.importable()
+    if not found:
+        report = lint_model(graph, dispatch, layers)
+        report.check = f"{TABLE_CHECK}: neither tensorrt nor tensorrt_rtx is importable here"
+        return report
+    parsed = parse_report(model, found[0])
+    return as_lint_report(parsed, check_dispatch(graph, dispatch, layers))
+
+
+def as_lint_report(parsed: ParseReport, issues: list[LintIssue]) -> LintReport:
+    """The parser's verdicts as a lint report: each refused node an issue (its name, op and the parser's message),
+    each matched jetmoe node a note."""
+    issues = issues + [LintIssue(v.name, v.op, f"refused by the parser: {v.message}") for v in parsed.refused]
+    notes = [f"{v.name} ({v.op}): matched to our plugin: {v.message}" for v in parsed.plugin_nodes if v.accepted]
+    if parsed.not_reached:
+        notes.append(f"{len(parsed.not_reached)} nodes after the first refused one were not reached (the parser "
+                     f"stops there): first {parsed.not_reached[0].name} ({parsed.not_reached[0].op})")
+    return LintReport(issues, sum(v.index >= 0 for v in parsed.nodes), parsed.check, notes)
+
+
+def _recorded(model: Path) -> tuple[str | None, int | None]:
+    """(dispatch, num_hidden_layers) from the export.json beside the model; (None, None) where there is none."""
+    if not (model.parent / MANIFEST_NAME).is_file():
+        return None, None
+    manifest = read_manifest(model)
+    return manifest.dispatch, manifest.model_config.num_hidden_layers

@@ -155,7 +155,7 @@ class TrtRunner(Runner):
         unset = context.infer_shapes()
         if unset:
             raise EngineError(f"{self.path}: input shapes not set for {unset}")
-        outputs = {k: v for k, v in inputs.items() if False} or {
+        outputs = outputs if outputs is not None else {
             name: torch.empty(tuple(context.get_tensor_shape(name)), dtype=self.tensor_dtypes[name],
                               device=self.device) for name in self.io_names.outputs}
         keep += bind(context, outputs, self.device, inputs=False)

@@ -4,6 +4,10 @@ The reference model is traced with torch.export on fake tensors (no weights in m
 dispatch lowered to opaque `jetmoe` nodes; the weights are then streamed from the checkpoint, one tensor at a
 time in the requested dtype, into the external data file; the graph is cleaned by onnxscript's optimizer, given
 readable dimension names and the ops' local-function bodies, checked, linted and written.
+
+Two expert dispatches (docs/ops.md): "plugin" keeps the `jetmoe` nodes (TensorRT plugins; ONNX Runtime runs their
+local functions); "portable" writes them out in standard ONNX ops (export/portable.py) that TensorRT and
+TensorRT-RTX build without a plugin.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 import onnx
 import torch
 
-from export import schema
+from export import portable, schema
 from export.functions import local_functions
 from export.lint import LintReport, lint_model, load_graph
 from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records
@@ -40,6 +44,7 @@ MIN_OPSET = 18  # ScatterND(reduction="add") in the local functions needs 16; th
 MAX_OPSET = 24  # TensorRT 10.15 parses up to 24
 ALIGN = 4096  # external data offsets, page aligned so runtimes can map them
 _PREFIX = "m."  # the wrapper's attribute holding the model; stripped to get HF weight names
+DISPATCHES = ("plugin", "portable")
 
 
 def lint_file(model: Path) -> LintReport:
@@ -55,18 +60,23 @@ def export_checkpoint(
     task: str = "causal-lm",
     opset: int = DEFAULT_OPSET,
     validation_outputs: bool = False,
+    dispatch: str = "plugin",
     overwrite: bool = False,
     lint: Callable[[Path], LintReport] = lint_file,
 ) -> Path:
     """Export an HF-format JetMoe checkpoint folder to ONNX in `out_dir` (all or nothing); return model.onnx.
 
-    Writes model.onnx, model.onnx.data (every weight, page aligned) and export.json. `lint` checks the
+    Writes model.onnx, model.onnx.data (every weight, page aligned) and export.json. `dispatch`: "plugin" (the
+    `jetmoe` nodes, for TensorRT with our plugins) or "portable" (standard ONNX ops only, for TensorRT-RTX or
+    TensorRT without plugins; ONNX Runtime runs both). `lint` checks the
     written model before the folder is published (the CLI passes one that also runs a real TensorRT parser).
     Raises ExportError / CheckpointError / OutputError naming the offending value; nothing is left behind.
     """
     float_type = dtypes.float_dtype(dtype)
     if task not in TASKS:
         raise InputError(f"task {task!r} is not one of {sorted(TASKS)}")
+    if dispatch not in DISPATCHES:
+        raise InputError(f"dispatch {dispatch!r} is not one of {list(DISPATCHES)}")
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise InputError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (TensorRT 10.15 parses "
                          f"up to {MAX_OPSET})")
@@ -79,23 +89,24 @@ def export_checkpoint(
         raise ExportError("sequence-classification export needs pad_token_id in config.json: each row is pooled "
                           "at its last non-pad token")
     files = checkpoint.verify(checkpoint_dir, TASKS[task], config)
+    traced = config.replace(tie_word_embeddings=checkpoint.lm_head_tied(files, config))  # as loading would
     names = IoNames(config.num_hidden_layers, task, validation_outputs)
     say = _Progress()
 
     with atomic_directory(out_dir) as tmp:
-        say(f"tracing {task} ({config.num_hidden_layers} layers, {float_type}, opset {opset})")
-        program = _trace(config, TASKS[task], float_type.torch, names, opset)
+        say(f"tracing {task} ({config.num_hidden_layers} layers, {float_type}, opset {opset}, {dispatch} dispatch)")
+        program = _trace(traced, TASKS[task], float_type.torch, names, opset)
         say(f"writing weights from {checkpoint_dir}")
-        _stream_weights(program.model, files, config, float_type.torch, tmp / DATA_NAME)
+        _stream_weights(program.model, files, traced, float_type.torch, tmp / DATA_NAME)
         say("optimizing the graph")
-        proto = _finish_graph(program.model, config, names, opset)
+        proto = _finish_graph(program.model, config, names, opset, dispatch)
         onnx.save_model(proto, tmp / MODEL_NAME)
         say("checking the model (onnx.checker, TensorRT lint)")
         onnx.checker.check_model(str(tmp / MODEL_NAME), full_check=True)
         report = lint(tmp / MODEL_NAME)
         if not report:
             raise ExportError(f"the exported graph fails the TensorRT lint:\n{report}")
-        _manifest(config, float_type.name, task, opset, names, tmp, checkpoint_dir).write(tmp)
+        _manifest(config, float_type.name, task, opset, dispatch, names, tmp, checkpoint_dir).write(tmp)
     say(f"wrote {out_dir / MODEL_NAME}")
     return out_dir / MODEL_NAME
 
@@ -266,7 +277,7 @@ def _to_bytes(tensor: torch.Tensor) -> bytes:
 # ---- graph finishing ----------------------------------------------------------------------------------
 
 
-def _finish_graph(model, config: JetMoeConfig, names: IoNames, opset: int) -> onnx.ModelProto:
+def _finish_graph(model, config: JetMoeConfig, names: IoNames, opset: int, dispatch: str) -> onnx.ModelProto:
     import onnxscript.optimizer
     from onnxscript import ir
 
@@ -278,7 +289,10 @@ def _finish_graph(model, config: JetMoeConfig, names: IoNames, opset: int) -> on
     del proto.opset_import[:]
     proto.opset_import.extend([onnx.helper.make_opsetid("", opset),
                                onnx.helper.make_opsetid(schema.DOMAIN, ONNX_OPSET_VERSION)])
-    proto.functions.extend(local_functions(config.num_local_experts, opset))
+    if dispatch == "portable":  # the jetmoe nodes become their standard-op bodies; no domain, no functions
+        portable.inline_portable(proto, config.num_local_experts, config.num_experts_per_tok, opset)
+    else:
+        proto.functions.extend(local_functions(config.num_local_experts, opset))
     proto.producer_name, proto.producer_version = "jetmoe-trt", _version()
     proto.graph.name = f"jetmoe_{names.task.replace('-', '_')}"
     return proto
@@ -308,7 +322,7 @@ def _name_dims(proto: onnx.ModelProto, names: IoNames) -> None:
 # ---- manifest -----------------------------------------------------------------------------------------
 
 
-def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, names: IoNames, folder: Path,
+def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, dispatch: str, names: IoNames, folder: Path,
               checkpoint_dir: Path) -> ExportManifest:
     proto = onnx.load(folder / MODEL_NAME, load_external_data=False)
 
@@ -317,12 +331,12 @@ def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, names: Io
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
 
     return ExportManifest(
-        task=task, dtype=dtype, opset=opset, dispatch="plugin", config=config.to_dict(),
+        task=task, dtype=dtype, opset=opset, dispatch=dispatch, config=config.to_dict(),
         checkpoint=str(checkpoint_dir.resolve()), inputs=io(proto.graph.input), outputs=io(proto.graph.output),
         validation_outputs=names.validation_outputs,
         custom_ops=[{"domain": schema.DOMAIN, "name": op.name, "opset_version": ONNX_OPSET_VERSION,
                      **schema.node_attributes(op), "inputs": list(op.input_names),
-                     "outputs": list(op.output_names)} for op in OPS.values()],
+                     "outputs": list(op.output_names)} for op in OPS.values() if dispatch == "plugin"],
         files=file_records(folder, [MODEL_NAME, DATA_NAME]), versions=_versions())
 
 

@@ -1,8 +1,20 @@
-"""TensorRT-compatibility lint for an exported graph (`jetmoe lint model.onnx`).
+"""TensorRT-compatibility lint for an exported graph (`jetmoe lint model.onnx`), from the transcribed table.
 
 Every node of the main graph must be an op TensorRT's ONNX parser supports for its data type (the published
 table in `trt_operators`) or a `jetmoe` plugin node that keeps the op contract; no op with a data-dependent
 output shape may sit on the main path. Local-function bodies are not linted: TensorRT runs the plugins instead.
+
+`If` is the one exception to "data-dependent": an `If` whose branches provably give the same output shapes
+(ONNX shape inference merges them into a shape with every dimension known, symbolically or as a number; a
+branch of another shape would leave a dimension unknown) has a shape that does not depend on the condition, only
+its values do, and TensorRT builds both branches as one conditional. Its branch nodes are linted like main-graph
+nodes. The portable dispatch (export/portable.py) switches on T this way.
+
+`check_dispatch` checks the `jetmoe` nodes and local functions against the dispatch export.json records (or, with
+no export.json, against what tools leave behind): it catches a plugin export whose functions a tool inlined or
+dropped after `jetmoe export`.
+
+engines/lint.py runs TensorRT's own parser where one is importable and falls back to this table.
 """
 
 from __future__ import annotations
@@ -20,6 +32,14 @@ from jetmoe.op_contract import OPS
 _OUTPUT_TYPED = {"Constant", "ConstantOfShape", "RandomNormal", "RandomUniform", "EyeLike", "Range"}
 _PLUGIN_FIELD_TYPES = {onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT, onnx.AttributeProto.INTS,
                        onnx.AttributeProto.FLOATS}
+TABLE_CHECK = f"TensorRT {trt_operators.TRT_VERSION} ONNX operator table (transcribed)"
+NODES_PER_LAYER = 4  # expert_map and expert_reduce, in MoA and in MoE
+INLINED = ("a tool inlined the jetmoe local functions into the graph after `jetmoe export` (onnxscript's optimizer "
+           "with inline=True, onnx.inliner.inline_local_functions, or ONNX Runtime's saved optimized model): "
+           "TensorRT then meets their NonZero bodies instead of the plugins; use the model.onnx `jetmoe export` "
+           "wrote, or export --dispatch portable for a plugin-free graph")
+DROPPED = ("a tool dropped the local functions after `jetmoe export` (onnx.version_converter drops function "
+           "bodies): export again with --opset instead of converting the file")
 
 
 @dataclasses.dataclass
@@ -36,16 +56,19 @@ class LintIssue:
 class LintReport:
     issues: list[LintIssue]
     nodes: int
+    check: str = TABLE_CHECK  # which check ran: the table, or "<flavour> <version> ONNX parser"
+    notes: list[str] = dataclasses.field(default_factory=list)  # verdicts worth seeing when it passes
 
     def __bool__(self) -> bool:
         return not self.issues
 
     def __str__(self) -> str:
         if not self.issues:
-            return f"TensorRT lint passed: {self.nodes} nodes checked against TensorRT {trt_operators.TRT_VERSION}"
-        lines = [f"TensorRT lint failed: {len(self.issues)} problem(s) in {self.nodes} nodes "
-                 f"(TensorRT {trt_operators.TRT_VERSION} ONNX operator table)"]
-        return "\n".join(lines + [f"  {issue}" for issue in self.issues])
+            lines = [f"TensorRT lint passed: {self.nodes} nodes checked by the {self.check}"]
+        else:
+            lines = [f"TensorRT lint failed: {len(self.issues)} problem(s) in {self.nodes} nodes ({self.check})"]
+            lines += [f"  {issue}" for issue in self.issues]
+        return "\n".join(lines + [f"  {note}" for note in self.notes])
 
 
 def load_graph(path: Path) -> onnx.ModelProto:
@@ -59,19 +82,21 @@ def load_graph(path: Path) -> onnx.ModelProto:
                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'cannot parse'}") from None
 
 
-def lint_model(model: onnx.ModelProto) -> LintReport:
-    issues: list[LintIssue] = []
+def lint_model(model: onnx.ModelProto, dispatch: str | None = None, num_layers: int | None = None) -> LintReport:
+    """The table check of every main-graph node (and every `If` branch node), and `check_dispatch` with what
+    export.json records (None: no export.json)."""
+    issues = check_dispatch(model, dispatch, num_layers)
     opsets = {o.domain or "": o.version for o in model.opset_import}
     version = opsets.get("", opsets.get("ai.onnx"))
     if version is None or not trt_operators.OPSET_MIN <= version <= trt_operators.OPSET_MAX:
         issues.append(LintIssue("<model>", "opset_import", f"default-domain opset {version} is outside TensorRT "
                                 f"{trt_operators.TRT_VERSION}'s {trt_operators.OPSET_MIN}..{trt_operators.OPSET_MAX}"))
-    types = _value_types(model)
+    types, shapes = _value_types(model)
     functions = {(f.domain, f.name) for f in model.functions}
     for i, node in enumerate(model.graph.node):
         name = node.name or f"#{i}"
         if node.domain in ("", "ai.onnx"):
-            issues += _check_standard(node, name, types)
+            issues += _check_standard(node, name, types, shapes)
         elif node.domain == schema.DOMAIN:
             issues += _check_plugin(node, name, functions)
         else:
@@ -81,8 +106,11 @@ def lint_model(model: onnx.ModelProto) -> LintReport:
     return LintReport(issues, len(model.graph.node))
 
 
-def _check_standard(node: onnx.NodeProto, name: str, types: dict[str, int]) -> list[LintIssue]:
+def _check_standard(node: onnx.NodeProto, name: str, types: dict[str, int],
+                    shapes: dict[str, onnx.TensorShapeProto | None]) -> list[LintIssue]:
     op = node.op_type
+    if op == "If":
+        return _check_if(node, name, types, shapes)
     if op in trt_operators.DATA_DEPENDENT_SHAPE_OPS:
         return [LintIssue(name, op, "data-dependent output shape on the main path")]
     if op not in trt_operators.SUPPORTED:
@@ -97,6 +125,59 @@ def _check_standard(node: onnx.NodeProto, name: str, types: dict[str, int]) -> l
         return [LintIssue(name, op, f"type {type_name} of {tensor!r} is not among TensorRT's supported types "
                                     f"{sorted(trt_operators.SUPPORTED[op])}")]
     return []
+
+
+def _check_if(node: onnx.NodeProto, name: str, types: dict[str, int],
+              shapes: dict[str, onnx.TensorShapeProto | None]) -> list[LintIssue]:
+    """An If whose outputs have one shape whichever branch runs, and whose branch nodes pass the table."""
+    issues = []
+    for out in node.output:
+        shape = shapes.get(out)
+        if shape is None or not all(d.dim_param or d.HasField("dim_value") for d in shape.dim):
+            issues.append(LintIssue(name, "If", f"output {out!r} has no shape common to both branches (shape "
+                                                "inference leaves a dimension or the rank unknown): data-dependent"))
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            for i, inner in enumerate(attr.g.node):
+                inner_name = inner.name or f"{name}/{attr.name}#{i}"
+                if inner.domain not in ("", "ai.onnx"):
+                    issues.append(LintIssue(inner_name, f"{inner.domain}::{inner.op_type}",
+                                            f"custom node inside the {attr.name} of an If"))
+                    continue
+                issues += _check_standard(inner, inner_name, types, shapes)
+    return issues
+
+
+def check_dispatch(model: onnx.ModelProto, dispatch: str | None = None, num_layers: int | None = None
+                   ) -> list[LintIssue]:
+    """The `jetmoe` nodes and local functions against the dispatch (and layer count) export.json records; with
+    no export.json (None), against what the inlining tools leave behind (the `jetmoe` opset import, or a
+    jetmoe-trt model with NonZero on its main graph)."""
+    nodes = [n for n in model.graph.node if n.domain == schema.DOMAIN]
+    functions = {f.name for f in model.functions if f.domain == schema.DOMAIN}
+    issues = []
+    if dispatch == "portable":
+        if nodes or functions:
+            issues.append(LintIssue("<model>", "dispatch", f"export.json records the portable dispatch, but the graph "
+                                    f"has {len(nodes)} {schema.DOMAIN} nodes and functions {sorted(functions)}: "
+                                    "export.json does not describe this model.onnx"))
+        return issues
+    if dispatch == "plugin" and num_layers is not None:
+        expected = NODES_PER_LAYER * num_layers
+        if len(nodes) != expected:
+            issues.append(LintIssue("<model>", "dispatch", f"export.json records the plugin dispatch and {num_layers} "
+                                    f"layers, so {expected} {schema.DOMAIN} nodes are expected; the graph has "
+                                    f"{len(nodes)}" + (f": {INLINED}" if len(nodes) < expected else "")))
+    elif not nodes:
+        leftover = any(o.domain == schema.DOMAIN for o in model.opset_import) or (
+            model.producer_name == "jetmoe-trt" and any(n.op_type == "NonZero" for n in model.graph.node))
+        if leftover:
+            issues.append(LintIssue("<model>", "dispatch", f"no {schema.DOMAIN} node is left in a jetmoe-trt plugin "
+                                    f"export: {INLINED}"))
+    if nodes and not functions:
+        issues.append(LintIssue("<model>", "dispatch", f"the graph has {len(nodes)} {schema.DOMAIN} nodes but no "
+                                f"{schema.DOMAIN} local functions: {DROPPED}"))
+    return issues
 
 
 def _check_plugin(node: onnx.NodeProto, name: str, functions: set[tuple[str, str]]) -> list[LintIssue]:
@@ -123,20 +204,29 @@ def _check_plugin(node: onnx.NodeProto, name: str, functions: set[tuple[str, str
     return issues
 
 
-def _value_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every named value the graph declares or shape inference can tell."""
+def _value_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, onnx.TensorShapeProto | None]]:
+    """Element type and shape (None: rank unknown) of every named value the graph (and its If branches)
+    declares or shape inference can tell."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except onnx.shape_inference.InferenceError:
         inferred = model
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for value in (*graph.input, *graph.output, *graph.value_info):
-        if value.type.tensor_type.elem_type:
-            types[value.name] = value.type.tensor_type.elem_type
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    types[node.output[0]] = attr.t.data_type
-    return types
+    types: dict[str, int] = {}
+    shapes: dict[str, onnx.TensorShapeProto | None] = {}
+    graphs = [inferred.graph]
+    while graphs:
+        graph = graphs.pop()
+        for t in graph.initializer:
+            types[t.name] = t.data_type
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            tensor = value.type.tensor_type
+            if tensor.elem_type:
+                types[value.name] = tensor.elem_type
+            shapes[value.name] = tensor.shape if tensor.HasField("shape") else None
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.name == "value":
+                        types[node.output[0]] = attr.t.data_type
+            graphs += [a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return types, shapes

@@ -8,6 +8,7 @@ Writing goes through temporary names and renames, so a failed save leaves no hal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -55,41 +56,80 @@ def load_model(cls: type[JetMoePreTrainedModel], directory: str | os.PathLike, d
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
     config = JetMoeConfig.from_pretrained(directory)
     dtype = resolve_dtype(dtype, config)
+    weights = verify(directory, cls, config)
+    tied = lm_head_tied(weights, config)
     with torch.device("meta"):
-        model = cls(config)
-    files = verify(directory, cls, config)
-    tied = _is_tied(model.state_dict(), config)
+        model = cls(config if tied or not config.tie_word_embeddings else config.replace(tie_word_embeddings=False))
+    wanted = set(model.state_dict()) - ({TIED_KEY} if tied and TIED_KEY in model.state_dict() else set())
     state = {}
-    wanted = set(model.state_dict()) - ({TIED_KEY} if tied else set())
-    for name, tensor in progress(iter_tensors(files, wanted), f"loading {directory}", total=len(wanted),
+    for name, tensor in progress(iter_tensors(weights, wanted), f"loading {directory}", total=len(wanted),
                                  unit="tensor", logger=log, enabled=show_progress):
         state[name] = tensor.to(device=device, dtype=dtype)
-    if tied:
+    if tied and TIED_KEY in model.state_dict():
         state[TIED_KEY] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)
-    if tied:
+    if tied and TIED_KEY in model.state_dict():
         model.lm_head.weight = model.model.embed_tokens.weight
-    return model.eval()
+    return model.eval()  # an untied lm_head leaves model.config.tie_word_embeddings False, so a save keeps it
 
 
-def verify(directory: Path, cls: type[JetMoePreTrainedModel], config: JetMoeConfig) -> list[Path]:
-    """The folder's weight files, after checking their key set and every shape against `cls(config)`."""
+@dataclasses.dataclass(frozen=True)
+class WeightFiles:
+    """A checkpoint's weights, verified: which file holds each tensor (the shard index's assignment, or the one
+    weights file), and whether an lm_head.weight is stored beside embeddings the config ties."""
+
+    directory: Path
+    where: dict[str, Path]  # tensor name -> file
+    stored_lm_head: bool
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(set(self.where.values()))
+
+
+def verify(directory: Path, cls: type[JetMoePreTrainedModel], config: JetMoeConfig) -> WeightFiles:
+    """Check the folder's key set and every shape against `cls(config)` before any tensor is read; a tensor a
+    shard holds although the index assigns it elsewhere is ignored (with a warning), as HF does; weights stored
+    in another float type than config.json's `dtype` get a warning (they are cast on loading)."""
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in cls(config).state_dict().items()}
     tied = _is_tied(expected, config)
     if tied:
         del expected[TIED_KEY]
-    files = _weight_files(directory)
-    shapes = {name: shape for path in files for name, shape in _read_shapes(path).items()}
+    where, shapes, stored_types = _assigned_tensors(directory)
     _check_keys_and_shapes(directory, expected, shapes, optional={TIED_KEY} if tied else set())
-    return files
+    floats = {t for name, t in stored_types.items() if name in shapes and t in _FLOAT_NAMES}
+    if config.dtype and floats and floats != {_FLOAT_NAMES_OF[config.dtype]}:
+        log.warning("%s: weights are stored as %s but config.json says dtype %s; they are cast to the dtype "
+                    "asked for on loading", directory, "/".join(sorted(floats)), config.dtype)
+    return WeightFiles(directory, where, tied and TIED_KEY in shapes)
 
 
-def iter_tensors(files: list[Path], names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for the tensors in `names`, file by file, one tensor in memory at a time."""
-    for path in files:
+def lm_head_tied(weights: WeightFiles, config: JetMoeConfig) -> bool:
+    """Whether lm_head shares the embeddings. A stored lm_head.weight that differs from the embeddings under
+    tie_word_embeddings=true is kept, untied, with a warning (HF transformers 5.x does the same); an equal one
+    (HF's own saves of tied models may include it) changes nothing."""
+    if not config.tie_word_embeddings:
+        return False
+    if not weights.stored_lm_head:
+        return True
+    pair = dict(iter_tensors(weights, {TIED_KEY, "model.embed_tokens.weight"}))
+    if torch.equal(pair[TIED_KEY], pair["model.embed_tokens.weight"]):
+        return True
+    log.warning("%s: lm_head.weight differs from model.embed_tokens.weight although config.json sets "
+                "tie_word_embeddings=true; keeping lm_head untied (as HF transformers does)", weights.directory)
+    return False
+
+
+def iter_tensors(weights: WeightFiles, names: set[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for the tensors in `names`, file by file, one tensor in memory at a time, each read from
+    the file the index assigns it to. CheckpointError for a tensor holding NaN or infinity."""
+    for path in weights.files:
         for name, tensor in _read_tensors(path):
-            if name in names:
+            if name in names and weights.where.get(name) == path:
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    bad = int((~torch.isfinite(tensor)).sum())
+                    raise CheckpointError(f"{path}: tensor {name} holds {bad} NaN or infinite value(s)")
                 yield name, tensor
 
 
@@ -97,31 +137,59 @@ def _is_tied(state: dict, config: JetMoeConfig) -> bool:
     return config.tie_word_embeddings and TIED_KEY in state
 
 
-def _weight_files(directory: Path) -> list[Path]:
+def _assigned_tensors(directory: Path) -> tuple[dict[str, Path], dict[str, tuple[int, ...]], dict[str, str]]:
+    """(tensor -> file, tensor -> shape, tensor -> stored type name) over the folder's weight files."""
+    where, shapes, types, duplicates = {}, {}, {}, []
+    index, files = _weight_files(directory)
+    for path in files:
+        for name, (shape, kind) in _read_entries(path).items():
+            assigned = index.get(name, path) if index is not None else path
+            if assigned != path:
+                duplicates.append(f"{name} in {path.name}")
+                continue
+            if name in where:
+                raise CheckpointError(f"{directory}: tensor {name} is stored twice ({where[name].name} and "
+                                      f"{path.name})")
+            where[name], shapes[name], types[name] = path, shape, kind
+    if index is not None:
+        unlisted = sorted(set(index) - set(where))
+        if unlisted:
+            raise CheckpointError(f"{directory}: the shard index assigns tensors their shard does not hold: "
+                                  f"{_listing([f'{n} ({index[n].name})' for n in unlisted])}")
+    if duplicates:
+        log.warning("%s: ignoring tensors stored in a shard the index does not assign them to: %s", directory,
+                    _listing(duplicates))
+    return where, shapes, types
+
+
+def _weight_files(directory: Path) -> tuple[dict[str, Path] | None, list[Path]]:
+    """(the shard index's tensor -> file map, or None without an index; the weight files)."""
     for index_name in (SAFETENSORS_INDEX_NAME, BIN_INDEX_NAME):
         index = directory / index_name
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                assigned = {name: directory / file for name, file in weight_map.items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
                 raise CheckpointError(f"{index} is not a valid shard index ({e!r})") from None
-            files = [directory / name for name in sorted(set(weight_map.values()))]
+            files = sorted(set(assigned.values()))
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(f"{index} names shard files that do not exist: {missing}")
-            return files
+            return assigned, files
     for name in (SAFETENSORS_NAME, BIN_NAME):
         if (directory / name).is_file():
-            return [directory / name]
+            return None, [directory / name]
     present = sorted(p.name for p in directory.iterdir())
     raise CheckpointError(f"no weights in {directory}: expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME}, "
                           f"{BIN_NAME} or {BIN_INDEX_NAME}; found {present}")
 
 
-def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+def _read_entries(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
+    """name -> (shape, stored type: F32/F16/BF16/...) without reading any tensor data (safetensors)."""
     if path.suffix == ".safetensors":
-        return {name: tuple(entry["shape"]) for name, entry in _safetensors_header(path)[0].items()}
-    return {name: tuple(t.shape) for name, t in _load_bin(path).items()}
+        return {name: (tuple(e["shape"]), e["dtype"]) for name, e in _safetensors_header(path)[0].items()}
+    return {name: (tuple(t.shape), _TYPE_NAMES.get(t.dtype, str(t.dtype))) for name, t in _load_bin(path).items()}
 
 
 def _read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -146,6 +214,9 @@ def _read_tensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                        "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
                        "U8": torch.uint8, "BOOL": torch.bool}
+_TYPE_NAMES = {t: name for name, t in _SAFETENSORS_DTYPES.items()}
+_FLOAT_NAMES = ("F32", "F16", "BF16")
+_FLOAT_NAMES_OF = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}  # config.json dtype -> stored type
 
 
 def _safetensors_header(path: Path) -> tuple[dict[str, dict], int]:

@@ -93,9 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, export_checkpoint, "--opset", type=int, help="ONNX opset")
     _flag(p, export_checkpoint, "--validation-outputs",
           help="also output router logits and per-layer hidden states (for the validator)")
+    _flag(p, export_checkpoint, "--dispatch", choices=("plugin", "portable"),
+          help="plugin: jetmoe nodes for TensorRT's plugins; portable: standard ONNX ops only (TensorRT-RTX, "
+               "TensorRT without plugins)")
     _flag(p, export_checkpoint, "--overwrite", help="replace an earlier export folder")
 
-    p = command("lint", "check that an ONNX model only uses what TensorRT's parser supports", _lint)
+    p = command("lint", "check that an ONNX model only uses what TensorRT's parser supports: TensorRT's (or "
+                "TensorRT-RTX's) own parser, node by node, where importable, else the transcribed operator table",
+                _lint)
     p.add_argument("model", type=Path, help="model.onnx (or its export folder)")
 
     p = command("build", "build a TensorRT engine from an exported model.onnx: writes the engine and "
@@ -236,7 +241,8 @@ def _export(args: argparse.Namespace) -> None:
     from export.exporter import export_checkpoint
 
     path = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, task=args.task, opset=args.opset,
-                             validation_outputs=args.validation_outputs, overwrite=args.overwrite, lint=lint_file)
+                             validation_outputs=args.validation_outputs, dispatch=args.dispatch,
+                             overwrite=args.overwrite, lint=lint_file)
     print(path)
 
 
@@ -247,7 +253,7 @@ def _lint(args: argparse.Namespace) -> None:
     report = lint_file(model_path(args.model))
     print(report)
     if not report:
-        raise LintFailed(f"{len(report.issues)} problem(s) in {args.model}")
+        raise LintFailed(f"{len(report.issues)} problem(s) in {args.model} ({report.check})")
 
 
 def _build(args: argparse.Namespace) -> None:

@@ -122,6 +122,7 @@ def validate_export(
     polygraphy_dir: str | os.PathLike | None = None,
 ) -> ValidationReport:
     checkpoint = Path(checkpoint)
+    DEFAULTS["fp32"].replace(tolerance_overrides or {})  # refuses a bad override before any work
     if not checkpoint.is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoint} does not exist")
     if onnx is None and engine is None:

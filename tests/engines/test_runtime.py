@@ -66,8 +66,8 @@ def output_shapes(shapes: dict[str, tuple]) -> dict[str, tuple]:
 
 def feeds(B: int, S: int, P: int, seed: int = 0) -> dict[str, Tensor]:
     g = torch.Generator().manual_seed(seed)
-    x = {"input_ids": torch.randint(0, V, (B, S), generator=g), "attention_mask": torch.ones(B, P + S, dtype=torch.long),
-         "position_ids": (P + torch.arange(S)).repeat(B, 1)}
+    x = {"input_ids": torch.randint(0, V, (B, S), generator=g),
+         "attention_mask": torch.ones(B, P + S, dtype=torch.long), "position_ids": (P + torch.arange(S)).repeat(B, 1)}
     for pair in NAMES.past:
         for name in pair:
             x[name] = torch.randint(0, 50, (B, H, P, Dh), generator=g).float()
@@ -90,13 +90,9 @@ def same(a: dict[str, Tensor], b: dict[str, Tensor]) -> bool:
 # ---- stand-in TensorRT -------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class DataType:
-    name: str  # a tensorrt.DataType member name: what jetmoe.dtypes reads
-
-
 INPUT, OUTPUT = "INPUT", "OUTPUT"
-FLOAT, INT64 = DataType("FLOAT"), DataType("INT64")
+FLOAT, INT64 = types.SimpleNamespace(name="FLOAT"), types.SimpleNamespace(name="INT64")  # tensorrt.DataType members
+TORCH = {"FLOAT": torch.float32, "INT64": torch.int64}
 USER_MANAGED = "USER_MANAGED"
 
 
@@ -164,23 +160,17 @@ class FakeContext:
         return True
 
     def _run(self, addresses: dict[str, int], shapes: dict[str, tuple]) -> None:
-        x = {n: at(addresses[n], shapes[n], self.engine.dtypes[n].torch) for n in self.engine.inputs}
+        x = {n: at(addresses[n], shapes[n], TORCH[self.engine.dtypes[n].name]) for n in self.engine.inputs}
         for name, value in network(x).items():
             at(addresses[name], tuple(value.shape), value.dtype).copy_(value)
 
 
 class FakeEngine:
     def __init__(self, world: World, inputs: list[str], outputs: list[str], order: str) -> None:
-        self.world = world
-        self.inputs, self.outputs = inputs, outputs
+        self.world, self.inputs = world, inputs
         self.modes = {n: INPUT for n in inputs} | {n: OUTPUT for n in outputs}
-        self.names = list(self.modes)
-        if order == "reversed":
-            self.names.reverse()
-        from jetmoe import dtypes
-
-        self.dtypes = {n: dtypes.INT64 if n in ("input_ids", "attention_mask", "position_ids") else dtypes.FP32
-                       for n in self.names}
+        self.names = list(self.modes)[::-1] if order == "reversed" else list(self.modes)
+        self.dtypes = {n: INT64 if n in ("input_ids", "attention_mask", "position_ids") else FLOAT for n in self.names}
         self.contexts: list[FakeContext] = []
         self.refuse: set[str] = set()  # names whose set_input_shape / set_tensor_address return False
         self.execute_fails = lambda context, capturing: False
@@ -195,8 +185,8 @@ class FakeEngine:
     def get_tensor_mode(self, name: str) -> str:
         return self.modes[name]
 
-    def get_tensor_dtype(self, name: str) -> DataType:
-        return INT64 if self.dtypes[name].name == "int64" else FLOAT
+    def get_tensor_dtype(self, name: str) -> types.SimpleNamespace:
+        return self.dtypes[name]
 
     def get_device_memory_size_for_profile_v2(self, profile: int) -> int:
         return MEMORY_SIZES[profile]
@@ -404,12 +394,11 @@ def test_every_address_is_set_and_empty_tensors_get_a_placeholder(world):
         runner.infer(x)
         context = world.engine.contexts[0]
         assert set(context.addresses) == set(NAMES.inputs + NAMES.outputs)
+        # the empty cache feeds [2, H, 0, Dh] have no memory (address 0, refused): they got a placeholder's
+        assert all(x[n].data_ptr() == 0 for pair in NAMES.past for n in pair)
         assert all(address != 0 for address in context.addresses.values())
         assert {args[0]: args[1] for m, args in context.calls if m == "set_input_shape"} == {
             n: tuple(t.shape) for n, t in x.items()}
-        for pair in NAMES.past:  # [2, H, 0, Dh]: no memory, so a 1-element placeholder's address
-            for name in pair:
-                assert x[name].numel() == 0 and context.addresses[name] != x[name].data_ptr()
         assert context.addresses["input_ids"] == x["input_ids"].data_ptr()  # read in place, never written
 
 
@@ -647,3 +636,24 @@ def test_jit_engines_register_the_plugins(world, monkeypatch, mode):
                                                    plugin_mode=mode))
     with TrtRunner(world.path):
         assert registered == ([True] if mode == "jit" else [])
+
+
+def test_the_cuda_seam_is_torch_cuda(monkeypatch):
+    """What FakeCuda stands in for: each _Cuda method is one torch.cuda call, with arguments torch accepts."""
+    import inspect
+
+    real = {name: getattr(torch.cuda, name) for name in ("Stream", "current_stream", "device", "stream", "CUDAGraph",
+                                                         "graph")}
+    calls = []
+    for name in real:
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _name=name, **k: calls.append((_name, a, k)) or _name)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    cuda = runtime._Cuda()
+    device = cuda.device()
+    assert device == torch.device("cuda", 3)
+    assert [cuda.stream(device), cuda.current_stream(device), cuda.on_device(device), cuda.use_stream("s"),
+            cuda.graph(), cuda.capture("g", "s", capture_error_mode="thread_local")] == [
+        "Stream", "current_stream", "device", "stream", "CUDAGraph", "graph"]
+    for name, args, kwargs in calls:
+        inspect.signature(real[name]).bind(*args, **kwargs)  # TypeError if torch would refuse the call
+    assert calls[-1] == ("graph", ("g",), {"stream": "s", "capture_error_mode": "thread_local"})

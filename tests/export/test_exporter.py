@@ -12,9 +12,9 @@ import torch
 
 from export.exporter import DATA_NAME, MANIFEST_NAME, MODEL_NAME, export_checkpoint
 from export.onnx_runtime import OnnxrtRunner
-from jetmoe import CheckpointError, ExportError, InputError, KVCache, OutputError
+from jetmoe import CheckpointError, ExportError, InputError, JetMoeForCausalLM, KVCache, OutputError
 from jetmoe.generate import generate
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, make_model
 
 FP32_TOL = 1e-4
 
@@ -249,3 +249,23 @@ def test_fp16_export_of_loud_attention_stays_finite(tmp_path):
         ref = model(ids).logits.numpy()
     assert np.isfinite(out["logits"]).all()
     assert np.abs(out["logits"].astype(np.float32) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_export_keeps_an_untied_lm_head_as_loading_does(tmp_path):
+    """A stored lm_head.weight that differs from the embeddings under tie_word_embeddings=true is exported
+    untied, exactly as from_pretrained loads it."""
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    make_model(CONFIGS["tiny"], seed=6).save_pretrained(ckpt)
+    path = ckpt / "model.safetensors"
+    state = load_file(path)
+    save_file({**state, "lm_head.weight": torch.randn_like(state["model.embed_tokens.weight"])}, path,
+              metadata={"format": "pt"})
+    eager = JetMoeForCausalLM.from_pretrained(ckpt)
+    runner = OnnxModel(export_checkpoint(ckpt, tmp_path / "onnx"))
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    out = runner.run(feeds_for(runner, ids, torch.ones_like(ids), torch.arange(5)[None],
+                               empty_past(runner.config, 1)))
+    with torch.no_grad():
+        assert np.abs(out["logits"] - eager(ids).logits.numpy()).max() < FP32_TOL

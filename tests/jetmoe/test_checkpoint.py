@@ -174,3 +174,72 @@ def test_random_checkpoint_is_all_or_nothing(tmp_path, monkeypatch):
         write_random_checkpoint(out, JetMoeConfig.from_preset("tiny"), overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no partial folder, no temp files
     assert JetMoeForCausalLM.from_pretrained(out) is not None  # the old checkpoint survived the failed overwrite
+
+
+# ---- checkpoint semantics that must follow HF's ----------------------------------------------------------------
+
+
+def _tiny(tmp_path, **changes):
+    config = JetMoeConfig.from_preset("tiny").replace(**changes)
+    model = make_model(config, seed=4)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def test_a_stored_lm_head_that_differs_stays_untied(tmp_path, caplog):
+    """tie_word_embeddings=true but a different lm_head.weight stored: HF 5.x keeps it (untied), with a warning."""
+    model = _tiny(tmp_path)
+    state = load_file(tmp_path / SAFETENSORS_NAME)
+    head = torch.randn_like(state["model.embed_tokens.weight"])
+    save_file({**state, "lm_head.weight": head}, tmp_path / SAFETENSORS_NAME, metadata={"format": "pt"})
+    loaded = JetMoeForCausalLM.from_pretrained(tmp_path)
+    assert "keeping lm_head untied" in caplog.text
+    assert torch.equal(loaded.lm_head.weight, head) and not loaded.config.tie_word_embeddings
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert not torch.allclose(loaded(ids).logits, model(ids).logits)
+    loaded.save_pretrained(tmp_path / "again")  # a save keeps the untied head
+    assert torch.equal(load_file(tmp_path / "again" / SAFETENSORS_NAME)["lm_head.weight"], head)
+    save_file({**state, "lm_head.weight": state["model.embed_tokens.weight"].clone()}, tmp_path / SAFETENSORS_NAME,
+              metadata={"format": "pt"})
+    tied = JetMoeForCausalLM.from_pretrained(tmp_path)  # an equal stored head (HF saves may hold one) stays tied
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+
+
+def test_the_index_decides_which_shard_a_tensor_comes_from(tmp_path, caplog):
+    model = _tiny(tmp_path / "ckpt")
+    model.save_pretrained(tmp_path / "sharded", max_shard_size=200_000)
+    index = json.loads((tmp_path / "sharded" / SAFETENSORS_INDEX_NAME).read_text())
+    first, second = sorted(set(index["weight_map"].values()))[:2]
+    name = next(n for n, f in index["weight_map"].items() if f == first)
+    shard = load_file(tmp_path / "sharded" / second)
+    shard[name] = torch.zeros_like(load_file(tmp_path / "sharded" / first)[name])  # a stray copy elsewhere
+    save_file(shard, tmp_path / "sharded" / second, metadata={"format": "pt"})
+    loaded = JetMoeForCausalLM.from_pretrained(tmp_path / "sharded")
+    assert "ignoring tensors stored in a shard the index does not assign" in caplog.text
+    assert torch.equal(loaded.state_dict()[name], model.state_dict()[name])  # the assigned copy won
+
+
+def test_weights_stored_in_another_type_than_the_config_says_warn(tmp_path, caplog):
+    _tiny(tmp_path)
+    state = {k: v.half() for k, v in load_file(tmp_path / SAFETENSORS_NAME).items()}
+    save_file(state, tmp_path / SAFETENSORS_NAME, metadata={"format": "pt"})
+    raw = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "dtype": "bfloat16"}))
+    JetMoeForCausalLM.from_pretrained(tmp_path)
+    assert "stored as F16 but config.json says dtype bfloat16" in caplog.text
+
+
+def test_nan_weights_are_refused(tmp_path):
+    _tiny(tmp_path)
+    state = load_file(tmp_path / SAFETENSORS_NAME)
+    state["model.norm.weight"][3] = float("nan")
+    save_file(state, tmp_path / SAFETENSORS_NAME, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"model.norm.weight holds 1 NaN or infinite value"):
+        JetMoeForCausalLM.from_pretrained(tmp_path)
+
+
+def test_weight_files_have_ordinary_modes(tmp_path):
+    _tiny(tmp_path)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes[SAFETENSORS_NAME] == modes["config.json"], modes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -92,3 +93,124 @@ def test_export_and_onnx_generate(checkpoint, tmp_path, capsys):
     with pytest.raises(SystemExit) as usage:  # a usage error: argparse exits 2
         main(["generate", str(tmp_path / "onnx" / "model.onnx"), "--prompt-ids", "1", "--provider", "tpu"])
     assert usage.value.code == 2 and "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+# ---- the error boundary and the output rule, through the command ---------------------------------------------
+
+
+def run_cli(*argv, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "jetmoe", *map(str, argv)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def one_line_error(result, code=1):
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if "error" in line or "interrupted" in line]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return lines[0]
+
+
+def test_nothing_the_user_owns_is_lost(checkpoint, tmp_path, capsys):
+    before = sorted(p.name for p in checkpoint.iterdir())
+    assert main(["export", str(checkpoint), "-o", str(checkpoint), "--overwrite"]) == 1
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "-o", str(checkpoint.parent), "--overwrite"]) == 1
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    for argv in (["checkpoint", "-o", str(tmp_path / "notes"), "--overwrite"],
+                 ["demo", "--workdir", str(tmp_path / "notes")]):
+        assert main(argv) == 1
+        assert "holds files" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    assert main(["checkpoint", "-o", str(tmp_path / "a_file"), "--overwrite"]) == 1
+    assert "is not a folder; refusing to replace it with one" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me" and (tmp_path / "a_file").read_text() == "x"
+
+
+def test_the_current_folder_is_never_an_output(checkpoint, tmp_path):
+    line = one_line_error(run_cli("export", checkpoint, "-o", ".", "--overwrite", cwd=tmp_path))
+    assert "current folder" in line
+    line = one_line_error(run_cli("demo", "--workdir", ".", cwd=tmp_path))
+    assert "current folder" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_export_exits_130_and_leaves_nothing(checkpoint, tmp_path, signal_number):
+    proc = subprocess.Popen([sys.executable, "-m", "jetmoe", "export", str(checkpoint), "-o", str(tmp_path / "out")],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # interrupt once the export has started writing
+        if "tracing" in line:
+            break
+    proc.send_signal(signal_number)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted; nothing half-written was kept" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{ckpt}", "--prompt-ids", "1,99999999999999999999"], "does not fit a 64-bit integer"),
+    (["generate", "{ckpt}", "--prompt-ids", "1,2", "--max-new-tokens", "600"],
+     "max_new_tokens=600 = 602 exceeds max_position_embeddings=512; lower max_new_tokens"),
+    (["generate", "{weightless}", "--prompt-ids", "1", "--max-new-tokens", "0"], "max_new_tokens must be"),
+    (["bench", "{ckpt}", "--reps", "0"], "reps must be an integer >= 1, got 0"),
+    (["bench", "{ckpt}", "--threads", "-1"], "threads must be a positive integer, got -1"),
+    (["validate", "{ckpt}", "--onnx", "{ckpt}/x.onnx", "--json", "{file}/report.json"], "is not a folder"),
+    (["validate", "{ckpt}", "--onnx", "{ckpt}", "--tolerance", "logits_atol=nan"], "must be a finite number"),
+    (["validate", "{ckpt}", "--onnx", "{ckpt}", "--tolerance", "generation_must_match=maybe"], "not true or false"),
+    (["lint", "{file}"], "is not a readable ONNX model"),
+])
+def test_expected_failures_are_one_line(argv, message, checkpoint, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not onnx")
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    shutil.copy(checkpoint / "config.json", weightless / "config.json")  # flags are checked before any weight
+    argv = [a.format(ckpt=checkpoint, file=tmp_path / "a_file", weightless=weightless) for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_corrupt_tokenizer_is_one_line(checkpoint, tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, folder)
+    (folder / "tokenizer.json").write_text("{broken")
+    assert main(["generate", str(folder), "--prompt", "hello"]) == 1
+    assert "tokenizer.json is not a readable tokenizer" in capsys.readouterr().err
+
+
+def test_version_and_help_say_what_is_written(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("jetmoe-trt ")
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "model.onnx.data" in help_text and "(default: fp32)" in help_text and "(default: 21)" in help_text
+
+
+def test_stream_prints_the_same_line_and_onnx_refuses_another_dtype(checkpoint, exported, capsys):
+    assert main(["generate", str(checkpoint), "--prompt-ids", "1,2,3", "--max-new-tokens", "5"]) == 0
+    plain = capsys.readouterr().out
+    assert main(["generate", str(checkpoint), "--prompt-ids", "1,2,3", "--max-new-tokens", "5", "--stream"]) == 0
+    assert capsys.readouterr().out == plain
+    assert main(["generate", str(exported()), "--prompt-ids", "1", "--dtype", "bf16"]) == 1
+    assert "runs in fp32; --dtype bf16 applies to checkpoints" in capsys.readouterr().err
+    assert main(["generate", str(exported().parent), "--prompt-ids", "1", "--max-new-tokens", "2"]) == 0  # folder
+
+
+def test_hf_call_habits(checkpoint):
+    import torch
+
+    from jetmoe import InputError
+
+    model = JetMoeForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32)
+    expected = model.generate([[5, 6, 7]], max_new_tokens=3)
+    assert model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3) == expected
+    assert model.generate(input_ids=torch.tensor([[0, 5, 6, 7]]), attention_mask=torch.tensor([[0, 1, 1, 1]]),
+                          max_new_tokens=3) == expected
+    with pytest.raises(InputError, match="no max_length=.*pass max_new_tokens"):
+        model.generate([[5, 6, 7]], max_length=10)
