@@ -4,9 +4,14 @@
 
 Steps: check the request against export.json (plain Python, `plan_build`: the only place the build options
 have defaults), register the `jetmoe` plugins (plugin-dispatch exports, full TensorRT), parse with the flavour's
-`OnnxParser`, check the parsed network's I/O by name, add the prefill and decode optimization profiles
-(engines/profiles.py), build with a progress monitor, reuse and save the timing cache, then write the engine and
-its manifest atomically.
+`OnnxParser`, check the parsed network's inputs and outputs (names and types) against export.json, set the
+targets (TensorRT-RTX: the compute capabilities asked for; full TensorRT: the GPU it runs on), add the prefill and
+decode optimization profiles (engines/profiles.py) and read them back from the builder config, build with a
+progress monitor, reuse and save the timing cache (full TensorRT only: TensorRT-RTX times no tactics), then write
+the engine and its manifest atomically.
+
+TensorRT-RTX (`backend="tensorrt-rtx"`) builds without a GPU, CUDA or driver, for portable-dispatch exports only
+(its parser takes no `tensorrt.plugin` plugins: plan_build refuses a plugin export in one line).
 
 Precision is the ONNX's: TensorRT 11 and TensorRT-RTX networks are always strongly typed (no FP16/BF16 builder
 flags), and on TensorRT 10 the STRONGLY_TYPED flag is set so all behave alike. Asking for another dtype than the
@@ -29,6 +34,7 @@ from engines import flavour as flavours
 from engines.manifest import EngineManifest, write_manifest
 from engines.profiles import Limits, Profile, make_profiles, resolve_limits
 from export.manifest import ExportManifest, read_manifest
+from jetmoe import dtypes
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import EngineError, ExportError, InputError, Unavailable
 from jetmoe.fileio import atomic_write_bytes, check_output
@@ -88,7 +94,11 @@ def plan_build(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *, 
                           f"`jetmoe export --dtype {dtype}`")
     if which is flavours.TENSORRT_RTX and export.dispatch != "portable":
         raise EngineError(f"{onnx_path} has the plugin dispatch (jetmoe::expert_map/expert_reduce nodes), and "
-                          f"TensorRT-RTX cannot load Python plugins: export with --dispatch portable for it")
+                          f"TensorRT-RTX cannot run our plugins (it has no tensorrt.plugin; docs/support.md): export "
+                          f"with --dispatch portable for it")
+    if export.dtype == "bf16" and any(cc < BF16_MIN_CC for cc in targets):
+        raise EngineError(f"a bf16 engine needs compute capability >= 8.0; asked for "
+                          f"{', '.join(f'{a}.{b}' for a, b in targets)}")
     try:
         export.verify_files(onnx_path.parent, sha256=True)
     except ExportError as e:
@@ -128,6 +138,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     plan = plan_build(onnx_path, engine_path, **request)
     if builder_optimization_level is not None and builder_optimization_level not in range(6):
         raise InputError(f"builder_optimization_level must be 0..5, got {builder_optimization_level!r}")
+    if timing_cache is not None and plan.backend != flavours.TENSORRT.name:
+        raise InputError(f"--timing-cache is for full TensorRT: {plan.backend} times no tactics (its timing cache "
+                         f"calls are no-ops)")
     cache_path = check_output(timing_cache, kind="file", overwrite=True) if timing_cache is not None else None
     trt = flavours.import_tensorrt(plan.backend)
     if plan.backend == flavours.TENSORRT.name:
@@ -147,19 +160,22 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
     network = builder.create_network(network_flags(trt, plan.plugin_mode if plan.export.dispatch == "plugin"
                                                    else None))
     parser = trt.OnnxParser(network, logger)
-    log.info("parsing %s", plan.onnx_path)
+    log.info("parsing %s with %s %s (strongly typed: %s)", plan.onnx_path, plan.backend, trt.__version__, plan.dtype)
     if not parser.parse_from_file(str(plan.onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise EngineError(f"{plan.backend}'s ONNX parser refused {plan.onnx_path}: {errors}")
+        errors = "; ".join(f"node {e.node()} {e.node_name()!r} ({e.node_operator()}): {e.desc()}"
+                           for e in (parser.get_error(i) for i in range(parser.num_errors)))
+        raise EngineError(f"{plan.backend}'s ONNX parser refused {plan.onnx_path}: {errors} (`jetmoe lint` reports "
+                          f"every node)")
     check_network(trt, network, plan)
 
     config = builder.create_builder_config()
     if plan.compute_capabilities:
         set_compute_capabilities(trt, config, plan.compute_capabilities)
-    add_profiles(builder, config, plan.profiles)
+    check_profiles(network, config, add_profiles(builder, config, plan.profiles), plan.profiles)
     if builder_optimization_level is not None:
         config.builder_optimization_level = builder_optimization_level
-    cache = load_timing_cache(config, cache_path)  # held until the build ends (NvInfer.h: setTimingCache)
+    # held until the build ends (NvInfer.h: setTimingCache)
+    cache = load_timing_cache(config, cache_path) if plan.backend == flavours.TENSORRT.name else None
     monitor = progress_monitor(trt)
     config.progress_monitor = monitor
 
@@ -173,8 +189,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, *
         if monitor.log.cancelled:
             raise KeyboardInterrupt  # Ctrl-C during the build: TensorRT stopped at the next step
         raise EngineError(f"{plan.backend} could not build an engine from {plan.onnx_path} (see its log above)")
-    data = bytes(serialized)
-    log.info("built in %.1f s: %.1f MiB", time.perf_counter() - start, len(data) / 2**20)
+    del parser, network  # the parser holds the weights: free them before the engine is hashed and written
+    data = memoryview(serialized).cast("B")  # no copy (an fp32 engine at 8B widths, 2 layers, is 3 GB)
+    log.info("built in %.1f s: %.1f MiB", time.perf_counter() - start, data.nbytes / 2**20)
     if cache_path is not None:
         save_timing_cache(config, cache_path)
     del cache, monitor  # both had to outlive build_serialized_network
@@ -234,22 +251,40 @@ def network_flags(trt, plugin_mode: str | None) -> int:
 
 
 def set_compute_capabilities(trt, config, targets: tuple[tuple[int, int], ...]) -> None:
-    """TensorRT-RTX: build for these compute capabilities (no GPU needed)."""
+    """TensorRT-RTX: build for these compute capabilities (no GPU needed), read back from the config."""
+    known = {name[2:]: member for name, member in trt.ComputeCapability.__members__.items() if name.startswith("SM")}
+    missing = [f"{a}.{b}" for a, b in targets if f"{a}{b}" not in known]
+    if missing:
+        raise EngineError(f"{trt.__name__} {trt.__version__} cannot target compute capability {', '.join(missing)}; "
+                          f"it knows {', '.join(f'{k[:-1]}.{k[-1]}' for k in known)}")
     config.num_compute_capabilities = len(targets)
     for i, (major, minor) in enumerate(targets):
-        config.set_compute_capability(getattr(trt.ComputeCapability, f"SM{major}{minor}"), i)
+        if not config.set_compute_capability(known[f"{major}{minor}"], i):
+            raise EngineError(f"{trt.__name__} refused target compute capability {major}.{minor}")
+    held = [config.get_compute_capability(i) for i in range(config.num_compute_capabilities)]
+    if held != [known[f"{a}{b}"] for a, b in targets]:
+        raise EngineError(f"the builder config holds the targets {held}, not the requested {targets}")
+
+
+def network_io(network) -> list[tuple[str, str]]:
+    """(name, TensorRT type name) of the parsed network's inputs, then its outputs."""
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    tensors += [network.get_output(i) for i in range(network.num_outputs)]
+    return [(t.name, t.dtype.name) for t in tensors]
 
 
 def check_network(trt, network, plan: BuildPlan) -> None:
-    """The parsed network's inputs and outputs, by name, and (plugin exports) its plugin layers."""
-    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-    outputs = {network.get_output(i).name for i in range(network.num_outputs)}
-    if inputs != set(plan.names.inputs) or outputs != set(plan.names.outputs):
-        raise EngineError(f"the parsed network's inputs/outputs differ from the export's: missing "
-                          f"{sorted(set(plan.names.inputs + plan.names.outputs) - inputs - outputs)}, unexpected "
-                          f"{sorted((inputs | outputs) - set(plan.names.inputs) - set(plan.names.outputs))}")
+    """The parsed network's inputs and outputs against export.json (names, order and types: the network is strongly
+    typed, so these are the engine's), and (plugin exports) its plugin layers."""
+    got = network_io(network)
+    want = [(io["name"], dtypes.dtype(io["type"]).trt) for io in plan.export.inputs + plan.export.outputs]
+    if got != want:
+        differ = [f"{w[0]} {w[1]} -> {g[0]} {g[1]}" for g, w in zip(got, want, strict=False) if g != w]
+        raise EngineError(f"the parsed network's inputs/outputs differ from export.json's: {len(got)} vs {len(want)}"
+                          f"{'; first differences (export.json -> network) ' + ', '.join(differ[:4]) if differ else ''}")
+    log.info("parsed: %d layers; inputs and outputs as export.json: %s", network.num_layers,
+             ", ".join(f"{name} {kind}" for name, kind in got[:3]) + ", ...")
     if plan.export.dispatch != "plugin":
-        log.info("parsed: %d layers", network.num_layers)
         return
     plugin_types = {getattr(trt.LayerType, n) for n in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")
                     if hasattr(trt.LayerType, n)}
@@ -259,13 +294,14 @@ def check_network(trt, network, plan: BuildPlan) -> None:
         raise EngineError(f"the parsed network has {plugins} plugin layers, expected {expected} (2 jetmoe ops x "
                           f"MoA and MoE x {plan.config.num_hidden_layers} blocks): the parser fell back to the "
                           f"ONNX local functions for some nodes (TensorRT >= 10.15 is needed)")
-    log.info("parsed: %d layers, %d plugin layers", network.num_layers, plugins)
+    log.info("parsed: %d plugin layers", plugins)
 
 
-def add_profiles(builder, config, profiles: list[Profile]) -> None:
-    """One TensorRT optimization profile per `Profile`, in order; EngineError naming the one TensorRT refuses.
-    (The bindings raise RuntimeError where `setDimensions` returns false; `add_optimization_profile` returns the
-    profile's index, or -1 for an invalid one.)"""
+def add_profiles(builder, config, profiles: list[Profile]) -> list:
+    """One TensorRT optimization profile per `Profile`, in order; return them. EngineError naming the one TensorRT
+    refuses. (The bindings raise RuntimeError where `setDimensions` returns false; `add_optimization_profile`
+    returns the profile's index, or -1 for an invalid one.)"""
+    added_profiles = []
     for index, profile in enumerate(profiles):
         trt_profile = builder.create_optimization_profile()
         for name, (lo, opt, hi) in profile.shapes.items():
@@ -278,6 +314,26 @@ def add_profiles(builder, config, profiles: list[Profile]) -> None:
         if added != index:
             raise EngineError(f"TensorRT refused the {profile.name} optimization profile (add_optimization_profile "
                               f"returned {added}, expected index {index}): {profile.shapes}")
+        added_profiles.append(trt_profile)
+    return added_profiles
+
+
+def check_profiles(network, config, trt_profiles: list, profiles: list[Profile]) -> None:
+    """The profiles as the builder config holds them, read back before the build: their number from the config,
+    each input's (min, opt, max) from the profile objects it was given (IBuilderConfig has no getter for those)."""
+    if config.num_optimization_profiles != len(profiles):
+        raise EngineError(f"the builder config holds {config.num_optimization_profiles} optimization profiles, "
+                          f"expected {len(profiles)} ({', '.join(p.name for p in profiles)})")
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    for trt_profile, profile in zip(trt_profiles, profiles, strict=True):
+        held = {name: tuple(tuple(dims) for dims in trt_profile.get_shape(name)) for name in names}
+        if held != profile.shapes:
+            wrong = sorted(name for name in names if held[name] != profile.shapes.get(name))
+            raise EngineError(f"TensorRT holds other shapes for the {profile.name} profile than requested: "
+                              f"{', '.join(f'{n} {held[n]} (asked {profile.shapes.get(n)})' for n in wrong[:3])}")
+        past = next((name for name in names if name.startswith("past_key_values.")), None)
+        log.info("profile %s held: input_ids %s%s", profile.name, held["input_ids"],
+                 f", past_seq {held[past][0][2]}..{held[past][2][2]}" if past else "")
 
 
 def load_timing_cache(config, path: Path | None):

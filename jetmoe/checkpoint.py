@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from jetmoe import dtypes
 from jetmoe.config import CONFIG_NAME, JetMoeConfig
-from jetmoe.errors import CheckpointError, ConfigError, InputError
+from jetmoe.errors import CheckpointError, ConfigError, InputError, OutputError
 from jetmoe.fileio import atomic_file, atomic_write_text
 from jetmoe.log import progress
 
@@ -340,4 +341,8 @@ def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, tor
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        try:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+        except SafetensorError as e:  # safetensors reports I/O errors (disk full) as its own type
+            reason = "no space left on the device" if "os error 28" in str(e) else str(e)
+            raise OutputError(f"could not write {path}: {reason}") from None

@@ -53,15 +53,16 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(tiny_checkpoint, tmp_path_factory):
-    """dtype -> (model.onnx path) for the tiny checkpoint, exported on first use."""
+    """(dtype, validation_outputs, dispatch) -> model.onnx path for the tiny checkpoint, exported on first use."""
     folder, _ = tiny_checkpoint
     cache = {}
 
-    def get(dtype="fp32", validation_outputs=False):
-        key = (dtype, validation_outputs)
+    def get(dtype="fp32", validation_outputs=False, dispatch="plugin"):
+        key = (dtype, validation_outputs, dispatch)
         if key not in cache:
-            out = tmp_path_factory.mktemp("onnx") / f"{dtype}-{validation_outputs}"
-            cache[key] = export_checkpoint(folder, out, dtype=dtype, validation_outputs=validation_outputs)
+            out = tmp_path_factory.mktemp("onnx") / f"{dtype}-{validation_outputs}-{dispatch}"
+            cache[key] = export_checkpoint(folder, out, dtype=dtype, validation_outputs=validation_outputs,
+                                           dispatch=dispatch)
         return cache[key]
     return get
 

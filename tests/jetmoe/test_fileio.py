@@ -98,3 +98,26 @@ def test_temporaries_of_a_killed_process_are_cleaned(tmp_path):
     with atomic_directory(tmp_path / "out") as tmp:  # and an ordinary write cleans them too
         (tmp / "a").write_text("done")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KiB tmpfs: a real disk-full (needs the right to mount, e.g. root in a container)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here to fill a disk for real: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(small_disk, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    assert subprocess.run([sys.executable, "-m", "jetmoe", "checkpoint", "-o", str(ckpt)], capture_output=True,
+                          timeout=300).returncode == 0  # 1.9 MB: more than the disk holds
+    for argv in (["checkpoint", "-o", str(small_disk / "ck")], ["export", str(ckpt), "-o", str(small_disk / "onnx")]):
+        done = subprocess.run([sys.executable, "-m", "jetmoe", *argv], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1 and "no space left on the device" in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and list(small_disk.iterdir()) == []
