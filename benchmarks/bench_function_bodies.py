@@ -57,6 +57,7 @@ from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, ONNX_OPSET_VERSION
 from validate.timing import (
     GiB,
     Growth,
+    add_harness_arguments,
     alternate,
     cpu_snapshot,
     others_cores,
@@ -364,11 +365,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: toy widths, few reps")
     parser.add_argument("--reps", type=int, help="timed repetitions per case (default: 40 decode, 8 prefill)")
     parser.add_argument("--no-eager", action="store_true", help="do not time eager jetmoe.ops alongside")
-    parser.add_argument("--wait-quiet", type=float, default=300, metavar="S",
-                        help="before each timed case, wait up to S seconds for other processes to use < 0.3 cores "
-                             "(shared machine; 0: do not wait)")
-    parser.add_argument("--out", type=Path, help=f"JSON results path (default: {OUT_JSON.relative_to(ROOT)}; "
-                        "--quick writes none unless given)")
+    add_harness_arguments(parser, OUT_JSON.relative_to(ROOT))
     args = parser.parse_args()
 
     torch.set_num_threads(THREADS)

@@ -52,6 +52,7 @@ import torch
 from validate.timing import (
     GiB,
     Growth,
+    add_harness_arguments,
     alternate,
     cpu_snapshot,
     others_cores,
@@ -453,11 +454,7 @@ def main() -> None:
                         "folder, removed at the end); an existing checkpoint/ and hf_onnx/ in it are reused")
     parser.add_argument("--keep", action="store_true", help="keep the temp work folder")
     parser.add_argument("--skip-hf-onnx", action="store_true", help="leave HF's ONNX exporter out")
-    parser.add_argument("--wait-quiet", type=float, default=300, metavar="S",
-                        help="before each timed case, wait up to S seconds for other processes to use < 0.3 cores "
-                             "(shared machine; 0: do not wait)")
-    parser.add_argument("--out", type=Path, help=f"JSON results path (default: {OUT_JSON.relative_to(ROOT)}; "
-                        "--quick writes none unless given)")
+    add_harness_arguments(parser, OUT_JSON.relative_to(ROOT))
     args = parser.parse_args()
 
     torch.set_num_threads(THREADS)

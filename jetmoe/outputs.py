@@ -9,7 +9,6 @@ from torch import Tensor
 
 from jetmoe.cache import KVCache
 
-
 _NOT_HF = ("moa_hidden_states", "selected_experts")  # our extras: never in the HF-ordered tuple
 
 

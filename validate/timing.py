@@ -216,6 +216,15 @@ def provenance(packages: tuple[str, ...] = ("torch", "numpy", "onnx", "onnxscrip
             "git": {"head": git("rev-parse", "HEAD"), "dirty": (git("status", "--short") or "").splitlines()}}
 
 
+def add_harness_arguments(parser, default_out: Path) -> None:
+    """The flags every benchmark script shares: --wait-quiet S and --out PATH (argparse parser)."""
+    parser.add_argument("--wait-quiet", type=float, default=300, metavar="S",
+                        help="before each timed case, wait up to S seconds for other processes to use < 0.3 cores "
+                             "(shared machine; 0: do not wait)")
+    parser.add_argument("--out", type=Path, help=f"JSON results path (default: {default_out}; --quick writes none "
+                        "unless given)")
+
+
 def write_results(path: str | os.PathLike, data: Mapping[str, Any]) -> Path:
     """Write a results JSON atomically (folders made as needed)."""
     import json
