@@ -1,13 +1,16 @@
-"""Checkpoint folder -> `model.onnx` + `model.onnx.data` + `export.json`, all or nothing.
+"""Checkpoint folder -> `model.onnx` (+ `model.ort.onnx`) + `model.onnx.data` + `export.json`, all or nothing.
 
 The reference model is traced with torch.export on fake tensors (no weights in memory), with the expert
-dispatch lowered to opaque `jetmoe` nodes; the weights are then streamed from the checkpoint, one tensor at a
-time in the requested dtype, into the external data file; the graph is cleaned by onnxscript's optimizer, given
-readable dimension names and the ops' local-function bodies, checked, linted and written.
+dispatch lowered to opaque `jetmoe` nodes; the graph is cleaned by onnxscript's optimizer while its weights are
+still unset (so no weight can be folded into the graph); the weights are then streamed from the checkpoint, one
+tensor at a time in the requested dtype, into the external data file, each once, under its checkpoint name; the
+graph is given readable dimension names and the ops' local-function bodies, checked, linted and written, and the
+weights are checked to be stored exactly once, all external, under their names (export/weights_check.py).
 
 Two expert dispatches (docs/ops.md): "plugin" keeps the `jetmoe` nodes (TensorRT plugins; ONNX Runtime runs their
 local functions); "portable" writes them out in standard ONNX ops (export/portable.py) that TensorRT and
-TensorRT-RTX build without a plugin.
+TensorRT-RTX build without a plugin. A plugin-dispatch export also gets `model.ort.onnx`, the graph ONNX Runtime
+runs (export/ort_graph.py: the functions expanded, each expert's weights a view into the same model.onnx.data).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from export import portable, schema
 from export.functions import local_functions
 from export.lint import LintReport, lint_model, load_graph
 from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records
+from export.ort_graph import ORT_MODEL_NAME, make_ort_graph
+from export.weights_check import ALIGN, check_weights
 from jetmoe import checkpoint, dtypes
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import CheckpointError, ExportError, InputError
@@ -42,7 +47,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OPSET = 21
 MIN_OPSET = 18  # ScatterND(reduction="add") in the local functions needs 16; the exporter needs 18
 MAX_OPSET = 24  # TensorRT 10.15 parses up to 24
-ALIGN = 4096  # external data offsets, page aligned so runtimes can map them
 _PREFIX = "m."  # the wrapper's attribute holding the model; stripped to get HF weight names
 DISPATCHES = ("plugin", "portable")
 
@@ -66,9 +70,10 @@ def export_checkpoint(
 ) -> Path:
     """Export an HF-format JetMoe checkpoint folder to ONNX in `out_dir` (all or nothing); return model.onnx.
 
-    Writes model.onnx, model.onnx.data (every weight, page aligned) and export.json. `dispatch`: "plugin" (the
-    `jetmoe` nodes, for TensorRT with our plugins) or "portable" (standard ONNX ops only, for TensorRT-RTX or
-    TensorRT without plugins; ONNX Runtime runs both). `lint` checks the
+    Writes model.onnx, model.onnx.data (every weight once, under its checkpoint name, page aligned so runtimes can
+    map it) and export.json. `dispatch`: "plugin" (the `jetmoe` nodes, for TensorRT with our plugins, plus
+    model.ort.onnx for ONNX Runtime) or "portable" (standard ONNX ops only, for TensorRT-RTX or TensorRT without
+    plugins; ONNX Runtime runs its model.onnx as is). `lint` checks the
     written model before the folder is published (the CLI passes one that also runs a real TensorRT parser).
     Raises ExportError / CheckpointError / OutputError naming the offending value; nothing is left behind.
     """
@@ -96,9 +101,10 @@ def export_checkpoint(
     with atomic_directory(out_dir) as tmp:
         say(f"tracing {task} ({config.num_hidden_layers} layers, {float_type}, opset {opset}, {dispatch} dispatch)")
         program = _trace(traced, TASKS[task], float_type.torch, names, opset)
+        say("optimizing the graph (before the weights are set: nothing can fold them)")
+        _optimize(program.model)
         say(f"writing weights from {checkpoint_dir}")
         _stream_weights(program.model, files, traced, float_type.torch, tmp / DATA_NAME)
-        say("optimizing the graph")
         proto = _finish_graph(program.model, config, names, opset, dispatch)
         onnx.save_model(proto, tmp / MODEL_NAME)
         say("checking the model (onnx.checker, TensorRT lint)")
@@ -106,7 +112,16 @@ def export_checkpoint(
         report = lint(tmp / MODEL_NAME)
         if not report:
             raise ExportError(f"the exported graph fails the TensorRT lint:\n{report}")
-        _manifest(config, float_type.name, task, opset, dispatch, names, tmp, checkpoint_dir).write(tmp)
+        weights = check_weights(tmp, files, traced, task, values=False)  # names and byte ranges: headers only
+        if not weights:
+            raise ExportError(f"the export does not store each weight once, external, under its checkpoint name:"
+                              f"\n{weights}")
+        written = [MODEL_NAME, DATA_NAME]
+        if dispatch == "plugin":  # a portable model.onnx has no functions for ONNX Runtime to fold: it runs as is
+            say(f"writing the ONNX Runtime graph ({ORT_MODEL_NAME}: expert views into the same weights)")
+            make_ort_graph(tmp)
+            written.append(ORT_MODEL_NAME)
+        _manifest(config, float_type.name, task, opset, dispatch, names, tmp, checkpoint_dir, written).write(tmp)
     say(f"wrote {out_dir / MODEL_NAME}")
     return out_dir / MODEL_NAME
 
@@ -228,60 +243,71 @@ def _quiet() -> Iterator[None]:
 # ---- weights ------------------------------------------------------------------------------------------
 
 
-def _stream_weights(model, files: list[Path], config: JetMoeConfig, dtype: torch.dtype, data_path: Path) -> None:
-    """Write every initializer's bytes from the checkpoint into `data_path`, one tensor at a time."""
+def _stream_weights(model, files: checkpoint.WeightFiles, config: JetMoeConfig, dtype: torch.dtype,
+                    data_path: Path) -> None:
+    """Write each weight's bytes from the checkpoint into `data_path`, one tensor at a time, once, page aligned,
+    and name its initializer after the checkpoint tensor (a tied lm_head is the checkpoint's embed_tokens)."""
     from onnxscript import ir
 
-    wanted = {}
-    for value in model.graph.initializers.values():
-        assert value.name.startswith(_PREFIX), value.name
-        key = value.name[len(_PREFIX):]
-        if key == checkpoint.TIED_KEY and config.tie_word_embeddings:
-            key = "model.embed_tokens.weight"
-        wanted[value.name] = key
     by_key = {}
-    for name, key in wanted.items():
-        by_key.setdefault(key, []).append(name)
+    for value in model.graph.initializers.values():
+        if value.name.startswith(_PREFIX):  # the model's parameters (the optimizer's own constants have values)
+            key = value.name[len(_PREFIX):]
+            if key == checkpoint.TIED_KEY and config.tie_word_embeddings:
+                key = "model.embed_tokens.weight"
+            assert key not in by_key, f"{key} is two initializers: {by_key[key].name}, {value.name}"
+            by_key[key] = value
 
-    values = model.graph.initializers
     offset = 0
     with open(data_path, "wb") as f:
         for key, tensor in progress(checkpoint.iter_tensors(files, set(by_key)), "writing weights",
                                     total=len(by_key), unit="tensor", logger=log):
+            value = by_key[key]
+            if tuple(tensor.shape) != tuple(value.shape.numpy()):
+                raise CheckpointError(f"{key}: checkpoint shape {list(tensor.shape)} does not match the "
+                                      f"config's {list(value.shape.numpy())}")
             raw = _to_bytes(tensor.to(dtype))
-            for name in by_key[key]:
-                value = values[name]
-                if tuple(tensor.shape) != tuple(value.shape.numpy()):
-                    raise CheckpointError(f"{key}: checkpoint shape {list(tensor.shape)} does not match the "
-                                          f"config's {list(value.shape.numpy())}")
-                f.write(b"\0" * (-offset % ALIGN))
-                offset += -offset % ALIGN
-                f.write(raw)
-                value.const_value = ir.ExternalTensor(DATA_NAME, offset, len(raw), value.dtype,
-                                                      shape=value.shape, name=name, base_dir=data_path.parent)
-                offset += len(raw)
-    missing = [name for name, value in values.items() if value.const_value is None]
+            f.write(b"\0" * (-offset % ALIGN))
+            offset += -offset % ALIGN
+            f.write(raw)
+            value.const_value = ir.ExternalTensor(DATA_NAME, offset, raw.nbytes, value.dtype, shape=value.shape,
+                                                  name=key, base_dir=data_path.parent)
+            offset += raw.nbytes
+    missing = [name for name, value in model.graph.initializers.items() if value.const_value is None]
     assert not missing, f"initializers without data: {missing}"
-    for value in list(values.values()):  # the graph's weights carry their HF names
-        value.name = value.name[len(_PREFIX):]
-        value.const_value.name = value.name
+    for key, value in by_key.items():  # the graph's weights carry their checkpoint names
+        value.name = key
 
 
-def _to_bytes(tensor: torch.Tensor) -> bytes:
-    tensor = tensor.contiguous()
-    if tensor.dtype == torch.bfloat16:
-        tensor = tensor.view(torch.int16)
-    return tensor.numpy().tobytes()
+def _to_bytes(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes, flat, not copied (a copy of jetmoe-8b's largest expert tensor is 369 MB in bf16)."""
+    return tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data
 
 
 # ---- graph finishing ----------------------------------------------------------------------------------
 
 
-def _finish_graph(model, config: JetMoeConfig, names: IoNames, opset: int, dispatch: str) -> onnx.ModelProto:
+def _optimize(model) -> None:
+    """onnxscript's optimizer, run while the weights are unset: it folds shape arithmetic and small constants, and
+    cannot fold a weight (it folds only nodes whose inputs all have values). With the weights set it would replace
+    `Transpose(kv_proj.weight)` by an inline transposed copy (onnxscript folds a Transpose whatever its size when
+    its input has no other use), leaving the original bytes dead in model.onnx.data and the weight's name gone."""
     import onnxscript.optimizer
+
+    for value in model.graph.initializers.values():
+        value.const_value = None  # the trace's fake tensors: shapes and types stay on the values
+    dedup = logging.getLogger("onnx_ir.passes.common.initializer_deduplication")  # "... has no constant value"
+    level = dedup.level
+    dedup.setLevel(logging.ERROR)
+    try:
+        onnxscript.optimizer.optimize(model)
+    finally:
+        dedup.setLevel(level)
+
+
+def _finish_graph(model, config: JetMoeConfig, names: IoNames, opset: int, dispatch: str) -> onnx.ModelProto:
     from onnxscript import ir
 
-    onnxscript.optimizer.optimize(model)
     for node in model.graph:
         node.metadata_props.clear()  # stack traces with local paths: noise, and not reproducible
     proto = ir.serde.serialize_model(model)
@@ -323,7 +349,7 @@ def _name_dims(proto: onnx.ModelProto, names: IoNames) -> None:
 
 
 def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, dispatch: str, names: IoNames, folder: Path,
-              checkpoint_dir: Path) -> ExportManifest:
+              checkpoint_dir: Path, written: list[str]) -> ExportManifest:
     proto = onnx.load(folder / MODEL_NAME, load_external_data=False)
 
     def io(values):
@@ -337,7 +363,7 @@ def _manifest(config: JetMoeConfig, dtype: str, task: str, opset: int, dispatch:
         custom_ops=[{"domain": schema.DOMAIN, "name": op.name, "opset_version": ONNX_OPSET_VERSION,
                      **schema.node_attributes(op), "inputs": list(op.input_names),
                      "outputs": list(op.output_names)} for op in OPS.values() if dispatch == "plugin"],
-        files=file_records(folder, [MODEL_NAME, DATA_NAME]), versions=_versions())
+        files=file_records(folder, written), versions=_versions())
 
 
 def _versions() -> dict[str, str]:

@@ -3,9 +3,12 @@
     with OnnxrtRunner("out/model.onnx", provider="cpu", threads=2) as runner:
         outputs = runner.infer(feeds)                 # or: jetmoe.generate.generate(runner, prompts)
 
-Activation reads export.json, checks that model.onnx and model.onnx.data have the recorded sizes, creates the
-session and checks its inputs against the manifest (a manifest edited to lie is refused, not run). bf16 exports
-are refused: ONNX Runtime's CPU provider has no bf16 kernels (documented in docs/support.md).
+Activation reads export.json, checks that the recorded files (model.onnx, model.onnx.data, model.ort.onnx) have
+their recorded sizes, creates the session and checks its inputs against the manifest (a manifest edited to lie is
+refused, not run). The session runs the export's ONNX Runtime graph, model.ort.onnx (export/ort_graph.py: same
+weights, nothing for ONNX Runtime to fold or copy), where export.json records one: every plugin-dispatch export;
+a portable export's model.onnx runs as is. bf16 exports are refused: ONNX Runtime's CPU provider has no bf16
+kernels (documented in docs/support.md).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import Tensor
 
 from export.manifest import model_path, read_manifest
+from export.ort_graph import ORT_MODEL_NAME
 from jetmoe.errors import ExportError, InputError, Unavailable
 from jetmoe.runner import Runner
 
@@ -52,24 +56,27 @@ class OnnxrtRunner(Runner):
         options = ort.SessionOptions()
         if self.threads:
             options.intra_op_num_threads = self.threads
+        graph = self.path.with_name(ORT_MODEL_NAME) if ORT_MODEL_NAME in manifest.files else self.path
+        if graph.name == ORT_MODEL_NAME:  # its expert views are graph inputs on purpose: ORT warns once for each
+            options.log_severity_level = 3  # errors only (768 warnings at jetmoe-8b size)
         try:
-            session = ort.InferenceSession(str(self.path), options, providers=PROVIDERS[self.provider])
+            session = ort.InferenceSession(str(graph), options, providers=PROVIDERS[self.provider])
         except Exception as e:  # ORT raises its own exception types; the first line of the message is what matters
-            raise ExportError(f"ONNX Runtime cannot load {self.path}: {str(e).strip().splitlines()[0]}") from None
+            raise ExportError(f"ONNX Runtime cannot load {graph}: {str(e).strip().splitlines()[0]}") from None
         self.config = manifest.model_config
         self.io_names = manifest.io_names
         self.dtype = manifest.float_type
         graph_inputs = [i.name for i in session.get_inputs()]
         if graph_inputs != self.io_names.inputs:
-            raise ExportError(f"export.json does not describe {self.path}: the model has {len(graph_inputs)} inputs "
+            raise ExportError(f"export.json does not describe {graph}: the model has {len(graph_inputs)} inputs "
                               f"({graph_inputs[:4]}...), the manifest {len(self.io_names.inputs)}; export again")
         cache_type = next((i.type for i in session.get_inputs() if i.name.startswith("past_key_values.")), None)
         if cache_type is not None and cache_type != self.dtype.onnx_type:
-            raise ExportError(f"export.json says {self.dtype} but {self.path}'s cache inputs are {cache_type}: "
+            raise ExportError(f"export.json says {self.dtype} but {graph}'s cache inputs are {cache_type}: "
                               f"export again")
         missing = [n for n in self.io_names.outputs if n not in {o.name for o in session.get_outputs()}]
         if missing:
-            raise ExportError(f"{self.path} lacks the outputs {missing[:4]} that export.json lists: export again")
+            raise ExportError(f"{graph} lacks the outputs {missing[:4]} that export.json lists: export again")
         self.session = session
 
     def deactivate_impl(self) -> None:

@@ -3,7 +3,9 @@
 Weight names are HF's, unchanged (the modules in model.py carry HF's names). Loading is paranoid: the key
 set and every shape are checked before any tensor is read, and errors list the offending names and shapes.
 Pickled `.bin` checkpoints are read only through `torch.load(weights_only=True)`.
-Writing goes through temporary names and renames, so a failed save leaves no half-written file.
+Writing goes through temporary names and renames, so a failed save leaves no half-written file. A checkpoint too
+big for memory is written tensor by tensor (`SafetensorsWriter`, with `plan_shards`, `shard_file_names` and
+`write_shard_index` laying it out as `save_model` does: jetmoe/random_weights.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,7 @@ from safetensors.torch import save_file
 
 from jetmoe import dtypes
 from jetmoe.config import CONFIG_NAME, JetMoeConfig
-from jetmoe.errors import CheckpointError, ConfigError, InputError, OutputError
+from jetmoe.errors import CheckpointError, ConfigError, InputError, InternalError, OutputError
 from jetmoe.fileio import atomic_file, atomic_write_text
 from jetmoe.log import progress
 
@@ -296,20 +299,13 @@ def save_model(model: JetMoePreTrainedModel, directory: str | os.PathLike, max_s
         state.pop(TIED_KEY, None)
     shards = _shard(state, max_shard_size)
 
-    written = []
-    if len(shards) == 1:
-        _atomic_save_tensors(shards[0], directory / SAFETENSORS_NAME)
-        written.append(SAFETENSORS_NAME)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _atomic_save_tensors(shard, directory / name)
-            weight_map.update(dict.fromkeys(shard, name))
-            written.append(name)
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        atomic_write_text(directory / SAFETENSORS_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+    names = shard_file_names(len(shards))
+    for shard, name in zip(shards, names, strict=True):
+        _atomic_save_tensors(shard, directory / name)
+    written = list(names)
+    if len(shards) > 1:
+        write_shard_index(directory, {key: name for shard, name in zip(shards, names, strict=True) for key in shard},
+                          sum(t.numel() * t.element_size() for t in state.values()))
         written.append(SAFETENSORS_INDEX_NAME)
 
     config = model.config.replace(dtype=str(model.dtype).removeprefix("torch."))
@@ -327,16 +323,96 @@ def _is_weight_file(name: str) -> bool:
 
 
 def _shard(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    plan = plan_shards([(name, t.numel() * t.element_size()) for name, t in state.items()], max_bytes)
+    return [{name: state[name] for name in names} for names in plan]
+
+
+def plan_shards(sizes: list[tuple[str, int]], max_bytes: int) -> list[list[str]]:
+    """Tensor names per shard, in order (HF's greedy rule): a shard is closed before the tensor that would take it
+    past max_bytes; a tensor larger than max_bytes gets a shard of its own."""
+    shards: list[list[str]] = [[]]
     size = 0
-    for name, tensor in state.items():
-        nbytes = tensor.numel() * tensor.element_size()
+    for name, nbytes in sizes:
         if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
+            shards.append([])
             size = 0
-        shards[-1][name] = tensor
+        shards[-1].append(name)
         size += nbytes
     return shards
+
+
+def shard_file_names(count: int) -> list[str]:
+    """HF's names: model.safetensors alone, else model-00001-of-0000N.safetensors, ..."""
+    if count == 1:
+        return [SAFETENSORS_NAME]
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def write_shard_index(directory: Path, weight_map: dict[str, str], total_size: int) -> None:
+    """model.safetensors.index.json: total bytes of the tensors and the shard of each, names sorted (as HF)."""
+    index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+    atomic_write_text(directory / SAFETENSORS_INDEX_NAME, json.dumps(index, indent=2) + "\n")
+
+
+class SafetensorsWriter:
+    """A safetensors file written tensor by tensor, never whole in memory: the header first (every name, dtype and
+    shape is known in advance), then each tensor's bytes in header order, in as many pieces as wanted.
+
+        with SafetensorsWriter(path, [("w", torch.bfloat16, (4, 8))]) as out:
+            out.write(piece)   # contiguous pieces of the declared dtype, 32 elements in all
+
+    The file is the `safetensors` library's own layout (8-byte header length, JSON header padded with spaces to
+    8 bytes, metadata {"format": "pt"}, data in header order). Write it inside an atomic folder or file: a failed
+    write leaves a partial file behind. Pieces that do not add up to the declared tensors are a bug
+    (InternalError).
+    """
+
+    def __init__(self, path: str | os.PathLike, tensors: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> None:
+        self.path = Path(path)
+        header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+        self._sizes: list[tuple[str, torch.dtype, int]] = []
+        offset = 0
+        for name, dtype, shape in tensors:
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": _TYPE_NAMES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + nbytes]}
+            self._sizes.append((name, dtype, nbytes))
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        self._header = raw + b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+        self._tensor, self._left = -1, 0
+        self._file = None
+
+    def __enter__(self) -> SafetensorsWriter:
+        self._file = open(self.path, "wb")  # closed in __exit__
+        self._file.write(len(self._header).to_bytes(8, "little") + self._header)
+        self._next_tensor()
+        return self
+
+    def write(self, piece: torch.Tensor) -> None:
+        """The next bytes of the current tensor (then of the following ones): a contiguous CPU tensor."""
+        done = self._tensor >= len(self._sizes)
+        name, dtype, _ = ("(none left)", None, 0) if done else self._sizes[self._tensor]
+        nbytes = piece.numel() * piece.element_size()
+        if piece.dtype != dtype or nbytes > self._left:
+            raise InternalError(f"{self.path}: got {nbytes} bytes of {piece.dtype} for tensor {name} ({dtype}, "
+                                f"{self._left} bytes left)")
+        self._file.write(piece.contiguous().view(torch.uint8).reshape(-1).numpy().data)
+        self._left -= nbytes
+        if not self._left:
+            self._next_tensor()
+
+    def _next_tensor(self) -> None:
+        self._tensor += 1
+        while self._tensor < len(self._sizes) and self._sizes[self._tensor][2] == 0:  # empty tensors: no bytes
+            self._tensor += 1
+        self._left = self._sizes[self._tensor][2] if self._tensor < len(self._sizes) else 0
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._file.close()
+        if exc_type is None and self._tensor < len(self._sizes):
+            raise InternalError(f"{self.path}: tensor {self._sizes[self._tensor][0]} and the ones after it were "
+                                f"not written ({self._left} bytes short in it)")
 
 
 def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

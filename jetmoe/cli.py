@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, write_random_checkpoint, "--seed", type=int, help="random seed (same seed, same weights)")
     _flag(p, write_random_checkpoint, "--dtype", type=_float_type, help="fp32, fp16 or bf16 (default: the preset's)")
     _flag(p, write_random_checkpoint, "--task", help="causal-lm or sequence-classification")
+    _flag(p, write_random_checkpoint, "--max-shard-size", type=_byte_size, metavar="SIZE",
+          help="bytes per shard file, or with a unit (500MB, 2GB, 4GiB); above it: shards and their index")
     _flag(p, write_random_checkpoint, "--overwrite", help="replace an earlier checkpoint folder")
 
     p = command("export", "export a checkpoint to ONNX: writes model.onnx, model.onnx.data (the weights) and "
@@ -232,8 +234,25 @@ def _checkpoint(args: argparse.Namespace) -> None:
 
     config = JetMoeConfig.from_preset(args.preset)
     out = write_random_checkpoint(args.output, config, seed=args.seed, dtype=args.dtype, task=args.task,
-                                  overwrite=args.overwrite)
+                                  overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     print(out)
+
+
+_BYTE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def _byte_size(text: str) -> int:
+    """Bytes from 5368709120, 500MB, 2GB or 4GiB (GB = 10^9, as HF's max_shard_size; GiB = 2^30)."""
+    number = text.strip().rstrip("bBiIkKmMgG")
+    unit = text.strip()[len(number):].upper()
+    try:
+        size = int(float(number) * _BYTE_UNITS[unit])
+    except (KeyError, ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: bytes, or a number with KB, MB, GB, KiB, MiB "
+                                         f"or GiB") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a shard holds at least one byte")
+    return size
 
 
 def _export(args: argparse.Namespace) -> None:

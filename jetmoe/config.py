@@ -196,6 +196,16 @@ class JetMoeConfig:
     def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
+    def to_original_dict(self) -> dict[str, Any]:
+        """`to_dict()` plus the keys a real jetmoe-8b config.json carries (`ffn_hidden_size`, `moe_num_experts`,
+        `moe_top_k`, `torch_dtype`, `rope_theta`, `glu`, `rotary_percent`, `bias`). Both dialects, agreeing:
+        `from_dict` checks them against each other, and HF transformers (which ignores the original keys) still
+        reads the sizes right at every width, not only at jetmoe-8b's, where its defaults happen to coincide."""
+        out = self.to_dict()
+        out.update({alias: out[name] for alias, name in _ALIASES.items() if name in out and alias != "head_dim"})
+        out.update(rope_theta=self.rope_theta, glu=True, rotary_percent=1.0, bias=True)
+        return out
+
     def replace(self, **changes: Any) -> JetMoeConfig:
         return dataclasses.replace(self, **changes)
 

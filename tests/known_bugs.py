@@ -1,5 +1,6 @@
 """Bugs that silently break JetMoe parity, as monkeypatches on jetmoe.model: the parity tests and the validator
-tests must each catch them. Each function takes a pytest MonkeyPatch (or its context)."""
+tests must each catch them; and one that breaks the export's weight storage (on export.exporter), which
+export/weights_check.py must catch. Each function takes a pytest MonkeyPatch (or its context)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def kv_interleaved(patch) -> None:
             out = out.reshape(B, S, K * H, Dh).view(B, S, H, K, Dh).transpose(2, 3).reshape(B, S, K, H, Dh)
         return out
     patch.setattr(model_module, "apply_rope", rope)
+
+
+def weights_folded_by_the_optimizer(patch) -> None:
+    """The exporter's graph optimizer run after the weights are set (as before issue 12): onnxscript folds
+    Transpose(kv_proj.weight) into an inline copy, and the original bytes stay dead in model.onnx.data."""
+    import onnxscript.optimizer
+
+    import export.exporter as exporter_module
+
+    finish = exporter_module._finish_graph
+
+    def finish_after_optimizing(model, *args):
+        onnxscript.optimizer.optimize(model)
+        return finish(model, *args)
+    patch.setattr(exporter_module, "_optimize", lambda model: None)
+    patch.setattr(exporter_module, "_finish_graph", finish_after_optimizing)

@@ -55,9 +55,13 @@ def default_cases(config: JetMoeConfig, decode_steps: int, long_context: int | N
     return cases
 
 
-def run_case(runner: Runner, case: Case) -> list[Step]:
-    """Prefill, then the case's decode steps, each fed the previous step's cache (teacher forcing)."""
-    config, names = runner.config, runner.io_names
+StepFeeds = tuple[str, dict[str, np.ndarray], np.ndarray]  # label, feeds without the cache, real positions [B, S]
+
+
+def case_feeds(config: JetMoeConfig, case: Case, task: str = "causal-lm") -> list[StepFeeds]:
+    """(label, feeds without the cache, real positions [B, S]) of each step of `case`: the prompts left-padded
+    with the pad id (0 without one), positions as jetmoe.generate (and HF generate) give them, padding at 1; then
+    one step per decode token. What `run_case` feeds every runner, and validate/reference.py the reference."""
     pad = config.pad_token_id or 0
     width = max(len(p) for p in case.prompts)
     ids = np.full((len(case.prompts), width), pad, dtype=np.int64)
@@ -65,21 +69,29 @@ def run_case(runner: Runner, case: Case) -> list[Step]:
     for row, prompt in enumerate(case.prompts):
         ids[row, width - len(prompt):] = prompt
         mask[row, width - len(prompt):] = 1
-    feeds = {"input_ids": ids, "attention_mask": mask}
-    if names.task != "causal-lm":
-        return [Step("forward", feeds, as_numpy(runner.infer(feeds)), mask.astype(bool))]
-
-    position = np.maximum(mask.cumsum(-1) - 1, 0)
-    feeds.update(position_ids=position, **runner.empty_past(len(case.prompts)))
-    outputs = runner.infer(feeds)
-    steps = [Step("prefill", as_numpy(feeds), as_numpy(outputs), mask.astype(bool))]
+    if task != "causal-lm":
+        return [("forward", {"input_ids": ids, "attention_mask": mask}, mask.astype(bool))]
+    position = np.where(mask == 0, 1, mask.cumsum(-1) - 1)
+    steps = [("prefill", {"input_ids": ids, "attention_mask": mask, "position_ids": position}, mask.astype(bool))]
     for i, step_tokens in enumerate(case.decode_tokens):
         mask = np.concatenate([mask, np.ones((len(step_tokens), 1), dtype=np.int64)], axis=1)
         position = position[:, -1:] + 1
-        feeds = {"input_ids": np.array(step_tokens, dtype=np.int64)[:, None], "attention_mask": mask,
-                 "position_ids": position, **runner.carry_past(outputs)}
+        steps.append((f"decode {i + 1}", {"input_ids": np.array(step_tokens, dtype=np.int64)[:, None],
+                                          "attention_mask": mask, "position_ids": position},
+                      np.ones((len(step_tokens), 1), bool)))
+    return steps
+
+
+def run_case(runner: Runner, case: Case) -> list[Step]:
+    """Prefill, then the case's decode steps, each fed the previous step's cache (teacher forcing)."""
+    task = runner.io_names.task
+    steps, outputs = [], None
+    for label, feeds, real in case_feeds(runner.config, case, task):
+        if task == "causal-lm":
+            feeds = {**feeds, **(runner.empty_past(len(case.prompts)) if outputs is None
+                                 else runner.carry_past(outputs))}
         outputs = runner.infer(feeds)
-        steps.append(Step(f"decode {i + 1}", as_numpy(feeds), as_numpy(outputs), np.ones((len(step_tokens), 1), bool)))
+        steps.append(Step(label, as_numpy(feeds), as_numpy(outputs), real))
     return steps
 
 

@@ -2,6 +2,11 @@
 
     report = validate_export("ckpt", onnx="out/model.onnx")
     print(report.table()); report.save("report.json"); sys.exit(0 if report else 1)
+
+The reference runs first and only its outputs are kept: for a causal LM it is computed layer-major from the stored
+weights (validate/reference.py: one fp32 layer in memory, so it runs at jetmoe-8b size); a sequence classifier runs
+through `EagerRunner`. Then each backend runs alone: its cases, its greedy generation, its release, and only then
+the reference scores its generated tokens, teacher-forced.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from jetmoe.model import TASKS
 from jetmoe.runner import EagerRunner, Runner
 from validate import metrics
 from validate.cases import Case, Step, default_cases, run_case
+from validate.reference import reference_steps, teacher_forced_tokens
 from validate.tolerances import DEFAULTS, Tolerances
 
 log = logging.getLogger(__name__)
@@ -144,13 +150,19 @@ def validate_export(
 
     cases = default_cases(config, decode_steps, long_context) if task == "causal-lm" else default_cases(
         config, 0, 0)[:1]
-    reference = EagerRunner(lambda: TASKS[task].from_pretrained(checkpoint, dtype="fp32"), validation_outputs=True)
-    with reference:
-        log.info("[validate] reference %s: %d cases", REFERENCE, len(cases))
-        ref_steps = {case.name: run_case(reference, case) for case in cases}
-        ref_generation = _generate(reference, cases[0], generation_tokens) if task == "causal-lm" else None
-        if polygraphy_dir is not None and onnx is not None:
-            save_polygraphy_reference(reference, Path(onnx), cases[0], Path(polygraphy_dir))
+    # Polygraphy's own check gets one unpadded row (every output position meaningful), computed with the others
+    polygraphy = (Case(f"{cases[0].name}, first row", cases[0].prompts[:1])
+                  if polygraphy_dir is not None and onnx is not None else None)
+    wanted = cases + ([polygraphy] if polygraphy else [])
+    log.info("[validate] reference %s: %d cases", REFERENCE, len(cases))
+    if task == "causal-lm":  # layer-major: one layer's fp32 weights in memory at a time
+        ref_steps = reference_steps(checkpoint, wanted)
+    else:
+        with EagerRunner(lambda: TASKS[task].from_pretrained(checkpoint, dtype="fp32"),
+                         validation_outputs=True) as reference:
+            ref_steps = {case.name: run_case(reference, case) for case in wanted}
+    if polygraphy is not None:
+        save_polygraphy_reference(ref_steps.pop(polygraphy.name)[0], Path(onnx), Path(polygraphy_dir))
 
     runners: list[Runner] = [OnnxrtRunner(onnx, provider) for provider in providers] if onnx else []
     if engine is not None:
@@ -158,7 +170,8 @@ def validate_export(
     backends = []
     for runner in runners:
         log.info("[validate] backend %s", runner.name)
-        backends.append(_validate_backend(runner, cases, ref_steps, ref_generation, config, dtype, tolerances))
+        backends.append(_validate_backend(runner, cases, ref_steps, checkpoint,
+                                          generation_tokens if task == "causal-lm" else 0, config, dtype, tolerances))
     return ValidationReport(str(checkpoint), None if onnx is None else str(onnx),
                             None if engine is None else str(engine), REFERENCE,
                             [dataclasses.asdict(c) for c in cases], backends)
@@ -174,8 +187,8 @@ def check_same_model(config: JetMoeConfig, exported: JetMoeConfig, onnx: Path) -
         raise InputError(f"{onnx} was exported from a different model than the checkpoint ({'; '.join(different)})")
 
 
-def _validate_backend(runner: Runner, cases: list[Case], ref_steps: dict[str, list[Step]],
-                      ref_generation: list[list[int]] | None, config: JetMoeConfig, dtype: str,
+def _validate_backend(runner: Runner, cases: list[Case], ref_steps: dict[str, list[Step]], checkpoint: Path,
+                      generation_tokens: int, config: JetMoeConfig, dtype: str,
                       tolerances: Tolerances) -> BackendReport:
     try:
         runner.activate()
@@ -186,12 +199,15 @@ def _validate_backend(runner: Runner, cases: list[Case], ref_steps: dict[str, li
         for case in cases:
             for ref, test in zip(ref_steps[case.name], run_case(runner, case), strict=True):
                 report.steps.append(compare_step(case.name, ref, test, runner, config, tolerances))
-        if ref_generation is not None:
-            tokens = _generate(runner, cases[0], len(ref_generation[0]))
-            report.generation = _compare_generation(ref_generation, tokens, tolerances)
-        return report
+        tokens = _generate(runner, cases[0], generation_tokens) if generation_tokens else None
     finally:
         runner.deactivate()
+    if tokens is not None:  # the backend's memory is released before the reference scores its tokens
+        log.info("[validate] reference %s on %s's %d generated tokens (teacher-forced)", REFERENCE, runner.name,
+                 generation_tokens)
+        reference = teacher_forced_tokens(checkpoint, list(cases[0].prompts), tokens)
+        report.generation = _compare_generation(reference, tokens, tolerances)
+    return report
 
 
 def compare_step(case: str, ref: Step, test: Step, runner: Runner, config: JetMoeConfig,
@@ -256,9 +272,9 @@ def _compare_generation(ref: list[list[int]], test: list[list[int]], tolerances:
 # ---- an independent check with Polygraphy -------------------------------------------------------------
 
 
-def save_polygraphy_reference(reference: EagerRunner, onnx: Path, case: Case, folder: Path) -> None:
-    """Write `inputs.json` and `reference.json` (a Polygraphy RunResults) so Polygraphy can compare the ONNX
-    (and, on a TensorRT machine, an engine) against eager on its own:
+def save_polygraphy_reference(step: Step, onnx: Path, folder: Path) -> None:
+    """Write `inputs.json` and `reference.json` (a Polygraphy RunResults) of the reference's `step` (one unpadded
+    prompt) so Polygraphy can compare the ONNX (and, on a TensorRT machine, an engine) against eager on its own:
 
         polygraphy run model.onnx --onnxrt --load-inputs inputs.json --load-outputs reference.json \\
             --atol 1e-4 --rtol 1e-3
@@ -272,8 +288,6 @@ def save_polygraphy_reference(reference: EagerRunner, onnx: Path, case: Case, fo
     graph = onnx_lib.load(onnx, load_external_data=False).graph
     types = {v.name: onnx_lib.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
              for v in (*graph.input, *graph.output)}
-    single = Case(case.name, case.prompts[:1])  # one unpadded row: every output position is meaningful
-    step = run_case(reference, single)[0]
     feeds = {name: step.feeds[name].astype(types[name]) for name in (v.name for v in graph.input)}
     outputs = {name: step.outputs[name].astype(types[name]) for name in (v.name for v in graph.output)}
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,8 @@ import torch
 
 from export.exporter import DATA_NAME, MANIFEST_NAME, MODEL_NAME, export_checkpoint
 from export.onnx_runtime import OnnxrtRunner
+from export.ort_graph import ORT_MODEL_NAME
+from export.weights_check import weights_report
 from jetmoe import CheckpointError, ExportError, InputError, JetMoeForCausalLM, KVCache, OutputError
 from jetmoe.generate import generate
 from tests.conftest import CONFIGS, make_model
@@ -185,7 +187,8 @@ def test_manifest(exported, tiny_checkpoint):
     manifest = json.loads((path.parent / MANIFEST_NAME).read_text())
     assert manifest["task"] == "causal-lm" and manifest["dtype"] == "fp32" and manifest["opset"] == 21
     assert manifest["config"]["hidden_size"] == tiny_checkpoint[1].config.hidden_size
-    for name in (MODEL_NAME, DATA_NAME):
+    assert set(manifest["files"]) == {MODEL_NAME, ORT_MODEL_NAME, DATA_NAME}
+    for name in (MODEL_NAME, ORT_MODEL_NAME, DATA_NAME):
         data = (path.parent / name).read_bytes()
         assert manifest["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     assert [op["name"] for op in manifest["custom_ops"]] == ["expert_map", "expert_reduce"]
@@ -196,7 +199,7 @@ def test_manifest(exported, tiny_checkpoint):
 def test_export_is_deterministic(exported, tiny_checkpoint, tmp_path):
     again = export_checkpoint(tiny_checkpoint[0], tmp_path / "again")
     first = exported()
-    for name in (MODEL_NAME, DATA_NAME):
+    for name in (MODEL_NAME, ORT_MODEL_NAME, DATA_NAME):
         assert (again.parent / name).read_bytes() == (first.parent / name).read_bytes(), name
 
 
@@ -253,7 +256,7 @@ def test_fp16_export_of_loud_attention_stays_finite(tmp_path):
 
 def test_export_keeps_an_untied_lm_head_as_loading_does(tmp_path):
     """A stored lm_head.weight that differs from the embeddings under tie_word_embeddings=true is exported
-    untied, exactly as from_pretrained loads it."""
+    untied, exactly as from_pretrained loads it: its own initializer, under its checkpoint name."""
     from safetensors.torch import load_file, save_file
 
     ckpt = tmp_path / "ckpt"
@@ -269,3 +272,7 @@ def test_export_keeps_an_untied_lm_head_as_loading_does(tmp_path):
                                empty_past(runner.config, 1)))
     with torch.no_grad():
         assert np.abs(out["logits"] - eager(ids).logits.numpy()).max() < FP32_TOL
+    names = {t.name for t in onnx.load(runner.path, load_external_data=False).graph.initializer}
+    assert {"lm_head.weight", "model.embed_tokens.weight"} <= names
+    report = weights_report(runner.path.parent, ckpt)
+    assert report, str(report)

@@ -14,10 +14,8 @@ from jetmoe import (
     JetMoeConfig,
     JetMoeForCausalLM,
     JetMoeForSequenceClassification,
-    OutputError,
 )
-from jetmoe.checkpoint import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME
-from jetmoe.random_weights import write_random_checkpoint
+from jetmoe.checkpoint import SAFETENSORS_INDEX_NAME, SAFETENSORS_NAME, plan_shards, shard_file_names
 from tests.conftest import CONFIGS, make_model
 
 CONFIG = CONFIGS["odd"]
@@ -159,23 +157,6 @@ def test_shard_index_naming_a_missing_file(saved):
         JetMoeForCausalLM.from_pretrained(folder)
 
 
-def test_random_checkpoint_is_all_or_nothing(tmp_path, monkeypatch):
-    out = write_random_checkpoint(tmp_path / "ckpt", JetMoeConfig.from_preset("tiny"), seed=1)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", SAFETENSORS_NAME]
-    with pytest.raises(OutputError, match="already exists; pass --overwrite"):
-        write_random_checkpoint(out, JetMoeConfig.from_preset("tiny"))
-
-    def crash(*args, **kwargs):
-        raise RuntimeError("disk full")
-    monkeypatch.setattr("jetmoe.checkpoint.save_file", crash)
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_random_checkpoint(tmp_path / "crashed", JetMoeConfig.from_preset("tiny"))
-    with pytest.raises(RuntimeError, match="disk full"):
-        write_random_checkpoint(out, JetMoeConfig.from_preset("tiny"), overwrite=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no partial folder, no temp files
-    assert JetMoeForCausalLM.from_pretrained(out) is not None  # the old checkpoint survived the failed overwrite
-
-
 # ---- checkpoint semantics that must follow HF's ----------------------------------------------------------------
 
 
@@ -243,3 +224,10 @@ def test_weight_files_have_ordinary_modes(tmp_path):
     _tiny(tmp_path)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     assert modes[SAFETENSORS_NAME] == modes["config.json"], modes
+
+
+def test_shard_plan_follows_hf_s_greedy_rule():
+    assert plan_shards([("a", 3), ("b", 3), ("c", 5), ("d", 1)], 6) == [["a", "b"], ["c", "d"]]
+    assert plan_shards([("big", 10), ("x", 1), ("y", 4)], 4) == [["big"], ["x"], ["y"]]  # too big: a shard alone
+    assert shard_file_names(1) == [SAFETENSORS_NAME]
+    assert shard_file_names(3)[1] == "model-00002-of-00003.safetensors"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from jetmoe import JetMoeForCausalLM
+from jetmoe import JetMoeConfig, JetMoeForCausalLM
 from jetmoe.cli import main
 
 
@@ -49,6 +51,21 @@ def test_text_prompts_with_a_tokenizer(checkpoint, tmp_path, capsys):
 def test_seeds_make_different_checkpoints(checkpoint, tmp_path):
     assert main(["checkpoint", "-o", str(tmp_path / "other"), "--seed", "5"]) == 0
     assert (tmp_path / "other" / "model.safetensors").read_bytes() != (checkpoint / "model.safetensors").read_bytes()
+
+
+def test_checkpoint_shards_and_dtype_flags(checkpoint, tmp_path, capsys):
+    assert main(["checkpoint", "-o", str(tmp_path / "sharded"), "--seed", "4", "--max-shard-size", "0.5MB",
+                 "--dtype", "bf16"]) == 0
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) >= 2 and index["metadata"]["total_size"] == 1911040 // 2
+    assert JetMoeConfig.from_pretrained(tmp_path / "sharded").dtype == "bfloat16"
+    same = JetMoeForCausalLM.from_pretrained(tmp_path / "sharded", dtype="fp32").state_dict()
+    for key, value in JetMoeForCausalLM.from_pretrained(checkpoint).state_dict().items():
+        assert torch.equal(same[key], value.bfloat16().float()), key  # same seed, same weights, in bf16
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["checkpoint", "-o", str(tmp_path / "x"), "--max-shard-size", "5TB"])
+    assert "'5TB' is not a size" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -99,6 +99,18 @@ def test_json_round_trip(tmp_path):
     assert raw["num_attention_heads"] == 8
 
 
+def test_both_key_dialects_round_trip():
+    """to_original_dict: the real jetmoe-8b file's keys beside the HF ones, agreeing, read back unchanged."""
+    big = JetMoeConfig.from_preset("jetmoe-8b")
+    raw = big.to_original_dict()
+    assert {key: raw[key] for key in ORIGINAL_8B if key != "architectures"} == {
+        key: value for key, value in ORIGINAL_8B.items() if key != "architectures"}
+    assert JetMoeConfig.from_dict(raw) == big
+    odd = JetMoeConfig.from_preset("tiny", intermediate_size=80, num_experts_per_tok=3)
+    assert JetMoeConfig.from_dict(odd.to_original_dict()) == odd
+    assert "torch_dtype" not in odd.to_original_dict()  # no dtype, no alias of it
+
+
 def test_hf_reads_our_config_and_we_read_hf_s(tmp_path, transformers):
     ours = JetMoeConfig.from_preset("tiny", rope_theta=2000.0, num_labels=4)
     (tmp_path / "config.json").write_text(ours.to_json_string())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -13,7 +14,8 @@ import onnx
 import pytest
 
 from export.exporter import DATA_NAME, export_checkpoint
-from jetmoe import CheckpointError, InputError
+from export.manifest import file_records, read_manifest
+from jetmoe import CheckpointError, ExportError, InputError
 from jetmoe.cli import main
 from tests import known_bugs
 from validate.metrics import Divergence
@@ -87,6 +89,10 @@ def test_perturbed_expert_weight_is_located(exported, tiny_checkpoint, tmp_path)
         weights *= 1 + 0.01 * np.random.default_rng(0).standard_normal(weights.shape).astype(np.float32)
         f.seek(offset)
         f.write(weights.tobytes())
+    with pytest.raises(ExportError, match="model.onnx.data differs from the file export.json describes"):
+        validate_export(tiny_checkpoint[0], onnx=folder / "model.onnx", **FAST)  # refused before any case runs
+    manifest = read_manifest(folder)  # as if exported so: the validator must then locate the damage
+    dataclasses.replace(manifest, files={**manifest.files, **file_records(folder, [DATA_NAME])}).write(folder)
     report = validate_export(tiny_checkpoint[0], onnx=folder / "model.onnx", **FAST)
     assert not report
     step = first_failure(report)
@@ -115,7 +121,7 @@ def test_polygraphy_reference_passes_polygraphy(exported, tiny_checkpoint, tmp_p
 def test_bad_input(exported, tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         validate_export(tmp_path / "nowhere", onnx=exported(), **FAST)
-    with pytest.raises(InputError, match="missing.onnx does not exist"):
+    with pytest.raises(ExportError, match="no ONNX model at .*missing.onnx"):
         validate_export(tiny_checkpoint[0], onnx=tmp_path / "missing.onnx", **FAST)
     with pytest.raises(InputError, match="nothing to validate"):
         validate_export(tiny_checkpoint[0], **FAST)

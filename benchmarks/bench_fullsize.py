@@ -1,0 +1,195 @@
+"""jetmoe-8b at full size (24 layers, random weights in the real layout) on this machine: every stage's time and
+peak memory, each in a fresh process under /usr/bin/time -v.
+
+Stages, in order (a stage's files are removed once nothing later needs them, to stay within the disk):
+  checkpoint   `jetmoe checkpoint --preset jetmoe-8b` (bf16, 4 shards + index, original config keys)
+  export       `jetmoe export --dtype fp16` and `--dtype bf16` (model.onnx size, weights in model.onnx.data)
+  ort-load     ONNX Runtime session creation on the fp16 export (model.ort.onnx): time, peak RSS / weight bytes
+  latency      ORT fp16 decode step (128 cached) and prefill of 128 tokens; then eager bf16 the same, in its own
+               process afterwards (both do not fit in memory at once), batch 1, 2 threads
+  generate     `jetmoe generate OUT/model.onnx --prompt-ids ... --max-new-tokens 8` through ONNX Runtime
+  validate     `jetmoe validate CKPT --onnx fp16 export --long-context 128` (layer-major fp32 reference)
+  export-fp32  what an fp32 export of 34 GB of weights does here (time, peak RSS, size; not run in ORT: it
+               cannot fit in 24 GB)
+
+    python benchmarks/bench_fullsize.py --work /work/big      # ~1.5-2 h, ~60 GB of disk at the peak
+    python benchmarks/bench_fullsize.py --work W --stages checkpoint,export
+
+Writes docs/bench/fullsize.json (every stage's record; provenance) unless --out says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from validate.timing import GiB, add_harness_arguments, provenance, run_measured, wait_quiet, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT_JSON = ROOT / "docs" / "bench" / "fullsize.json"
+STAGES = ("checkpoint", "export", "ort-load", "latency", "generate", "validate", "export-fp32")
+PROMPT = [1, 306, 4658, 278, 6593, 310, 2834, 338]  # HF's slow-test prompt for jetmoe-8b
+S = P = 128
+THREADS = 2
+
+
+def jetmoe(*args: object) -> list[str]:
+    return [sys.executable, "-m", "jetmoe", *map(str, args)]
+
+
+def this(*args: object) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *map(str, args)]
+
+
+def weight_bytes(folder: Path, names: tuple[str, ...]) -> int:
+    return sum((folder / name).stat().st_size for name in names if (folder / name).is_file())
+
+
+def stage(name: str, work: Path, record: dict) -> None:
+    ckpt, fp16, bf16, fp32 = work / "ckpt", work / "fp16", work / "bf16", work / "fp32"
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    if name == "checkpoint":
+        record[name] = run_measured(jetmoe("checkpoint", "--preset", "jetmoe-8b", "-o", ckpt, "--overwrite"),
+                                    logs / "checkpoint.log", cwd=ROOT)
+        record[name]["bytes"] = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
+    elif name == "export":
+        for dtype, out in (("fp16", fp16), ("bf16", bf16)):
+            result = run_measured(jetmoe("export", ckpt, "-o", out, "--dtype", dtype, "--overwrite"),
+                                  logs / f"export-{dtype}.log", cwd=ROOT)
+            if out.is_dir():
+                result["model_onnx_bytes"] = (out / "model.onnx").stat().st_size
+                result["data_bytes"] = (out / "model.onnx.data").stat().st_size
+                result["files"] = sorted(p.name for p in out.iterdir())
+            record[f"export-{dtype}"] = result
+        shutil.rmtree(bf16, ignore_errors=True)  # nothing runs a bf16 export on this CPU machine
+    elif name == "ort-load":
+        result = run_measured(this("--phase", "ort-load", fp16), logs / "ort-load.log", cwd=ROOT)
+        result.update(_last_json(logs / "ort-load.log"))
+        result["weight_bytes"] = weight_bytes(fp16, ("model.onnx.data",))
+        if result.get("max_rss_gib"):
+            result["peak_over_weights"] = result["max_rss_gib"] * GiB / result["weight_bytes"]
+        record[name] = result
+    elif name == "latency":
+        record["wait_quiet"] = wait_quiet(120)
+        for side, target in (("ort-fp16", fp16), ("eager-bf16", ckpt)):
+            result = run_measured(this("--phase", side, target), logs / f"latency-{side}.log", cwd=ROOT)
+            result.update(_last_json(logs / f"latency-{side}.log"))
+            record[f"latency-{side}"] = result
+        ort, eager = record["latency-ort-fp16"], record["latency-eager-bf16"]
+        if "decode_ms" in ort and "decode_ms" in eager:
+            record["latency-ratios"] = {"decode ort/eager": ort["decode_ms"] / eager["decode_ms"],
+                                        "prefill ort/eager": ort["prefill_ms"] / eager["prefill_ms"]}
+    elif name == "generate":
+        record[name] = run_measured(jetmoe("generate", fp16 / "model.onnx", "--prompt-ids",
+                                           ",".join(map(str, PROMPT)), "--max-new-tokens", 8),
+                                    logs / "generate.log", cwd=ROOT)
+    elif name == "validate":
+        report = work / "validation.json"
+        record[name] = run_measured(jetmoe("validate", ckpt, "--onnx", fp16 / "model.onnx", "--long-context", 128,
+                                           "--json", report), logs / "validate.log", cwd=ROOT)
+        if report.is_file():
+            raw = json.loads(report.read_text())
+            record[name]["passed"] = raw["passed"]
+            record[name]["backends"] = [{"name": b["name"], "passed": b["passed"],
+                                         "worst_logit_diff": max(s["logits"]["max_abs"] for s in b["steps"]),
+                                         "min_top1": min(s["logits"]["top1"] for s in b["steps"])}
+                                        for b in raw["backends"] if b["available"]]
+        shutil.rmtree(fp16, ignore_errors=True)
+    elif name == "export-fp32":
+        result = run_measured(jetmoe("export", ckpt, "-o", fp32, "--dtype", "fp32", "--overwrite"),
+                              logs / "export-fp32.log", cwd=ROOT)
+        if fp32.is_dir():
+            result["model_onnx_bytes"] = (fp32 / "model.onnx").stat().st_size
+            result["data_bytes"] = (fp32 / "model.onnx.data").stat().st_size
+        record[name] = result
+        shutil.rmtree(fp32, ignore_errors=True)
+
+
+def _last_json(log: Path) -> dict:
+    for line in reversed(log.read_text().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    return {}
+
+
+# ---- phases: run in a process of their own -------------------------------------------------------------------
+
+
+def phase_ort_load(folder: Path) -> dict:
+    import time
+
+    from export.onnx_runtime import OnnxrtRunner
+
+    runner = OnnxrtRunner(folder, threads=THREADS)
+    start = time.perf_counter()
+    runner.activate()
+    created = time.perf_counter() - start
+    return {"create_s": created, "graph": runner.path.name}
+
+
+def phase_latency(side: str, target: Path, reps: int = 3) -> dict:
+    """Median ms of a prefill of S tokens and of one decode step on P cached tokens, batch 1 (one process)."""
+    import torch
+
+    from jetmoe.model import JetMoeForCausalLM
+    from jetmoe.runner import EagerRunner
+    from validate.timing import alternate
+
+    torch.set_num_threads(THREADS)
+    if side == "ort-fp16":
+        from export.onnx_runtime import OnnxrtRunner
+
+        runner = OnnxrtRunner(target, threads=THREADS)
+    else:
+        runner = EagerRunner(JetMoeForCausalLM.from_pretrained(target, dtype="bf16"))
+    with runner:
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, runner.config.vocab_size, (1, S), generator=gen)
+        prefill = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(S)[None],
+                   **runner.empty_past(1)}
+        past = runner.carry_past(runner.infer(prefill))
+        step = {"input_ids": torch.tensor([[42]]), "attention_mask": torch.ones(1, P + 1, dtype=torch.long),
+                "position_ids": torch.tensor([[P]]), **past}
+        samples = alternate({"prefill": lambda: runner.infer(prefill), "decode": lambda: runner.infer(step)},
+                            reps=reps, warmup=1)
+    return {"prefill_ms": 1e3 * statistics.median(samples["prefill"]),
+            "decode_ms": 1e3 * statistics.median(samples["decode"]), "reps": reps, "threads": THREADS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, help="work folder (needs ~60 GB free)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {', '.join(STAGES)}")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("target", nargs="?", type=Path, help=argparse.SUPPRESS)
+    add_harness_arguments(parser, OUT_JSON.relative_to(ROOT))
+    args = parser.parse_args()
+    if args.phase == "ort-load":
+        print(json.dumps(phase_ort_load(args.target)), flush=True)
+        return
+    if args.phase in ("ort-fp16", "eager-bf16"):
+        print(json.dumps(phase_latency(args.phase, args.target)), flush=True)
+        return
+    if args.work is None:
+        parser.error("--work is required")
+    record: dict = {"provenance": provenance()}
+    out = args.out or OUT_JSON
+    if out.is_file():  # stages run in separate invocations add to one record
+        record = {**json.loads(out.read_text()), "provenance": provenance()}
+    for name in args.stages.split(","):
+        if name not in STAGES:
+            parser.error(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
+        print(f"== {name}", flush=True)
+        stage(name, args.work, record)
+        write_results(out, record)
+        print(json.dumps({k: v for k, v in record.items() if k.startswith(name)}, indent=1, default=str)[:3000],
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
