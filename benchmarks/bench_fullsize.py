@@ -3,7 +3,8 @@ peak memory, each in a fresh process under /usr/bin/time -v.
 
 Stages, in order (a stage's files are removed once nothing later needs them, to stay within the disk):
   checkpoint   `jetmoe checkpoint --preset jetmoe-8b` (bf16, 4 shards + index, original config keys)
-  export       `jetmoe export --dtype fp16` and `--dtype bf16` (model.onnx size, weights in model.onnx.data)
+  export       `jetmoe export --dtype fp16 --validation-outputs` and `--dtype bf16` (model.onnx size, weights in
+               model.onnx.data)
   ort-load     ONNX Runtime session creation on the fp16 export (model.ort.onnx): time, peak RSS / weight bytes
   latency      ORT fp16 decode step (128 cached) and prefill of 128 tokens; then eager bf16 the same, in its own
                process afterwards (both do not fit in memory at once), batch 1, 2 threads
@@ -58,8 +59,8 @@ def stage(name: str, work: Path, record: dict) -> None:
                                     logs / "checkpoint.log", cwd=ROOT)
         record[name]["bytes"] = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
     elif name == "export":
-        for dtype, out in (("fp16", fp16), ("bf16", bf16)):
-            result = run_measured(jetmoe("export", ckpt, "-o", out, "--dtype", dtype, "--overwrite"),
+        for dtype, out, extra in (("fp16", fp16, ["--validation-outputs"]), ("bf16", bf16, [])):
+            result = run_measured(jetmoe("export", ckpt, "-o", out, "--dtype", dtype, "--overwrite", *extra),
                                   logs / f"export-{dtype}.log", cwd=ROOT)
             if out.is_dir():
                 result["model_onnx_bytes"] = (out / "model.onnx").stat().st_size

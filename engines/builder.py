@@ -280,10 +280,13 @@ def check_network(trt, network, plan: BuildPlan) -> None:
     want = [(io["name"], dtypes.dtype(io["type"]).trt) for io in plan.export.inputs + plan.export.outputs]
     if got != want:
         differ = [f"{w[0]} {w[1]} -> {g[0]} {g[1]}" for g, w in zip(got, want, strict=False) if g != w]
-        raise EngineError(f"the parsed network's inputs/outputs differ from export.json's: {len(got)} vs {len(want)}"
-                          f"{'; first differences (export.json -> network) ' + ', '.join(differ[:4]) if differ else ''}")
-    log.info("parsed: %d layers; inputs and outputs as export.json: %s", network.num_layers,
-             ", ".join(f"{name} {kind}" for name, kind in got[:3]) + ", ...")
+        first = f": first differences (export.json -> network) {', '.join(differ[:4])}" if differ else ""
+        raise EngineError(f"the parsed network's inputs/outputs differ from export.json's ({len(want)} in "
+                          f"export.json, {len(got)} in the network){first}")
+    shown = got[:4] + [got[network.num_inputs]]  # the token inputs, one cache input (if any), the logits
+    log.info("parsed: %d layers; inputs and outputs as export.json: %s, ... (%d inputs, %d outputs)",
+             network.num_layers, ", ".join(f"{name} {kind}" for name, kind in dict(shown).items()),
+             network.num_inputs, network.num_outputs)
     if plan.export.dispatch != "plugin":
         return
     plugin_types = {getattr(trt.LayerType, n) for n in ("PLUGIN_V3", "PLUGIN_V2", "PLUGIN")

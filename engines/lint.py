@@ -1,7 +1,8 @@
 """`jetmoe lint` (and every `jetmoe export`): TensorRT's own ONNX parser node by node where a TensorRT flavour is
-importable (full TensorRT first, then TensorRT-RTX: engines/parse.py), else the transcribed operator table
-(export/lint.py). Either way the `jetmoe` nodes and local functions are checked against the dispatch export.json
-records, when it is beside the model. The report says which check ran.
+importable and can parse here (full TensorRT first, which needs a GPU even to parse, then TensorRT-RTX:
+engines/parse.py), else the transcribed operator table (export/lint.py). Either way the `jetmoe` nodes and local
+functions are checked against the dispatch export.json records, when it is beside the model. The report says which
+check ran, and why the table when it is the table.
 """
 
 from __future__ import annotations
@@ -12,18 +13,25 @@ from engines import flavour as flavours
 from engines.parse import ParseReport, parse_report
 from export.lint import TABLE_CHECK, LintIssue, LintReport, check_dispatch, lint_model, load_graph
 from export.manifest import MANIFEST_NAME, read_manifest
+from jetmoe.errors import Unavailable
 
 
 def lint_file(model: Path) -> LintReport:
+    model = Path(model)
     graph = load_graph(model)
-    dispatch, layers = _recorded(Path(model))
-    found = flavours.importable()
-    if not found:
-        report = lint_model(graph, dispatch, layers)
-        report.check = f"{TABLE_CHECK}: neither tensorrt nor tensorrt_rtx is importable here"
-        return report
-    parsed = parse_report(model, found[0])
-    return as_lint_report(parsed, check_dispatch(graph, dispatch, layers))
+    dispatch, layers = _recorded(model)
+    missing = _missing_weights(graph, model.parent)
+    why = [f"the parser needs the weights, and {missing} is not beside {model.name}"] if missing else []
+    for flavour in [] if missing else flavours.importable():
+        try:
+            parsed = parse_report(model, flavour)
+        except Unavailable as e:  # full TensorRT on a machine without a GPU: try the next flavour
+            why.append(str(e))
+            continue
+        return as_lint_report(parsed, check_dispatch(graph, dispatch, layers))
+    report = lint_model(graph, dispatch, layers)
+    report.check = f"{TABLE_CHECK}: {'; '.join(why) or 'neither tensorrt nor tensorrt_rtx is importable here'}"
+    return report
 
 
 def as_lint_report(parsed: ParseReport, issues: list[LintIssue]) -> LintReport:
@@ -35,6 +43,18 @@ def as_lint_report(parsed: ParseReport, issues: list[LintIssue]) -> LintReport:
         notes.append(f"{len(parsed.not_reached)} nodes after the first refused one were not reached (the parser "
                      f"stops there): first {parsed.not_reached[0].name} ({parsed.not_reached[0].op})")
     return LintReport(issues, sum(v.index >= 0 for v in parsed.nodes), parsed.check, notes)
+
+
+def _missing_weights(graph, folder: Path) -> str | None:
+    """The first external-data file the model's initializers name that is not in `folder`."""
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    for tensor in graph.graph.initializer:
+        if uses_external_data(tensor):
+            location = ExternalDataInfo(tensor).location
+            if not (folder / location).is_file():
+                return location
+    return None
 
 
 def _recorded(model: Path) -> tuple[str | None, int | None]:

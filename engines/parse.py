@@ -122,7 +122,7 @@ def _graph_pass(trt, model: onnx.ModelProto, model_path: Path) -> tuple[list[Nod
     parsed_owner = [owner.get(n.name, owner.get(n.name.split("/", 1)[0])) for n in checked.graph.node]
 
     logger = _collector(trt, trt.ILogger.Severity.WARNING)
-    builder = trt.Builder(logger)
+    builder = _builder(trt, logger)
     network = builder.create_network(_strongly_typed(trt))
     parser = trt.OnnxParser(network, logger)
     log.info("parsing %s with %s %s", model_path, trt.__name__, trt.__version__)
@@ -172,7 +172,7 @@ def _plugin_pass(trt, flavour: str, model: onnx.ModelProto, indices: list[int]):
                 yield i, NodeVerdict(i, name, node.op_type, False, reason)
                 continue
             logger = _collector(trt, trt.ILogger.Severity.INFO)
-            network = trt.Builder(logger).create_network(_network_flags(trt, flavour))
+            network = _builder(trt, logger).create_network(_network_flags(trt, flavour))
             parser = trt.OnnxParser(network, logger)
             with tempfile.TemporaryDirectory() as tmp:  # the weights are inputs: nothing external to read
                 path = Path(tmp) / "node.onnx"
@@ -249,6 +249,18 @@ def _single_node_model(model: onnx.ModelProto, node: onnx.NodeProto, types) -> o
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _builder(trt, logger):
+    """trt.Builder, or Unavailable: full TensorRT needs a CUDA device even to parse (TensorRT-RTX does not)."""
+    try:
+        builder = trt.Builder(logger)
+    except (TypeError, RuntimeError) as e:  # pybind11: "factory function returned nullptr"
+        raise Unavailable(f"{trt.__name__} {trt.__version__} cannot create a builder here ({e}); full TensorRT "
+                          f"needs a CUDA GPU even to parse") from None
+    if not builder:
+        raise Unavailable(f"{trt.__name__} {trt.__version__} cannot create a builder here")
+    return builder
 
 
 def _strongly_typed(trt) -> int:

@@ -75,3 +75,19 @@ def classification_export(tmp_path_factory):
     model.save_pretrained(folder)
     path = export_checkpoint(folder, folder.parent / "onnx", task="sequence-classification")
     return path, model
+
+
+@pytest.fixture(autouse=True)
+def _package_loggers_as_a_library_leaves_them():
+    """`jetmoe.cli.main` configures the package loggers (its own handler, no propagation); a later test's caplog
+    must see them as a library user's process would."""
+    yield
+    import logging
+
+    from jetmoe.log import ROOTS
+
+    for name in ROOTS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)

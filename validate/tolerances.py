@@ -62,8 +62,10 @@ def _parse_limit(key: str, text: str) -> float:
 
 
 DEFAULTS = {
-    "fp32": Tolerances(logits_atol=1e-4, logits_rtol=0.0, min_top1=0.99, max_kl=1e-6, min_routing=1.0,
-                       tie_margin=1e-4, kv_rtol=1e-5, hidden_rtol=1e-4, generation_must_match=True),
+    # fp32: summation order alone differs between backends, and the error grows with width and depth (8B widths,
+    # 2 layers: logits 4.4e-4 off at max|logit| ~2, KV 5.5e-5 of max|present|): hence limits relative to scale
+    "fp32": Tolerances(logits_atol=1e-4, logits_rtol=5e-4, min_top1=0.99, max_kl=1e-6, min_routing=1.0,
+                       tie_margin=1e-4, kv_rtol=2e-4, hidden_rtol=1e-4, generation_must_match=True),
     "fp16": Tolerances(logits_atol=0.0, logits_rtol=0.02, min_top1=0.95, max_kl=5e-3, min_routing=0.98,
                        tie_margin=2e-2, kv_rtol=5e-3, hidden_rtol=1e-2, generation_must_match=False),
     "bf16": Tolerances(logits_atol=0.0, logits_rtol=0.05, min_top1=0.9, max_kl=2e-2, min_routing=0.95,

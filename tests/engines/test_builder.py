@@ -49,8 +49,9 @@ class FakeConfig:
 
 
 @pytest.fixture
-def said(caplog):
-    """The builder's log lines, as said."""
+def said(caplog, monkeypatch):
+    """The builder's log lines, as said (also after a CLI call in this process stopped propagation)."""
+    monkeypatch.setattr(logging.getLogger("engines"), "propagate", True)
     caplog.set_level(logging.INFO, logger="engines.builder")
 
     class Said:

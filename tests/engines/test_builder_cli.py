@@ -163,3 +163,40 @@ def test_plugins_subcommand_emits_ptx_with_its_options(tmp_path, monkeypatch, ca
     assert cli.main(["plugins", "--emit-ptx", str(tmp_path)]) == 1
     assert "unset TRITON_INTERPRET" in capsys.readouterr().err
     assert len(calls) == 1
+
+
+# ---- TensorRT-RTX: builds on this machine (no GPU), through the command --------------------------------------------
+
+
+def test_rtx_build_through_the_command(rtx, exported, tmp_path, capsys):
+    """`jetmoe build OUT/model.onnx -o E --backend tensorrt-rtx --compute-capability 8.6` (fp16: the other dtypes
+    are built in test_rtx_build.py)."""
+    from jetmoe.cli import main
+
+    onnx_path, engine = exported("fp16", dispatch="portable"), tmp_path / "model.engine"
+    capsys.readouterr()
+    args = ["build", str(onnx_path), "-o", str(engine), "--backend", "tensorrt-rtx", "--compute-capability", "8.6",
+            "--compute-capability", "8.9", "--max-batch", "2", "--max-seq", "48"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == f"{engine} (tensorrt-rtx {rtx.__version__}, fp16)"
+    manifest = json.loads(manifest_path(engine).read_text())
+    assert (manifest["backend"], manifest["compute_capabilities"], manifest["dtype"]) == ("tensorrt-rtx",
+                                                                                         [[8, 6], [8, 9]], "fp16")
+    decode = manifest["profiles"][1]["shapes"]["past_key_values.0.key"]
+    assert [decode[0][2], decode[2][2]] == [0, 47]  # min past_seq 0
+    assert engine.stat().st_size > 1_000_000
+    assert main(args) == 1 and "exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_rtx_refusals_through_the_command(exported, tmp_path, capsys):
+    from jetmoe.cli import main
+
+    engine, plugin, portable = tmp_path / "model.engine", str(exported()), str(exported("fp32", dispatch="portable"))
+    capsys.readouterr()  # the exports' progress, when this test made them
+    assert main(["build", plugin, "-o", str(engine), "--backend", "tensorrt-rtx"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "plugin dispatch" in err and "--dispatch portable" in err
+    assert main(["build", portable, "-o", str(engine), "--backend", "tensorrt-rtx", "--compute-capability", "9.0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compute capability '9.0' is not a TensorRT-RTX target" in err
+    assert not engine.exists()

@@ -1,10 +1,11 @@
 """Our plugin definitions through the REAL `tensorrt.plugin` Python sources (decorators and their validators),
 with a stand-in for TensorRT's compiled core, which is not installable from PyPI.
 
-Needs an unpacked `tensorrt-cu13-bindings` wheel (PyPI, pure Python + .so; only the Python is used):
-    pip download --no-deps -d /tmp/trtwheel tensorrt-cu13-bindings && (cd /tmp/trtwheel && unzip -q -o *.whl)
-    JETMOE_TRT_PLUGIN_SRC=/tmp/trtwheel/tensorrt_bindings pytest tests/engines/test_qdp_sources.py
-Skipped without it. Checked with 11.4.0.106.
+The sources come from the pinned `tensorrt-cu13-bindings` 11.4.0.106 wheel on PyPI, fetched with pip into a cache
+on first use (tests/engines/qdp_wheel.py); the test skips only when the package index cannot be reached, and says
+so. JETMOE_TRT_PLUGIN_SRC=<an unpacked tensorrt_bindings folder> overrides the download. (TensorRT-RTX is no
+substitute: the `tensorrt_rtx/plugin/*.py` of tensorrt-rtx-cu12 1.7.1 are stubs importing
+`tensorrt_rtx_bindings.plugin`, which its bindings wheel does not contain.)
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from qdp_wheel import qdp_sources
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = os.environ.get("JETMOE_TRT_PLUGIN_SRC", "/tmp/trtwheel/tensorrt_bindings")
 
 SCRIPT = r'''
 import sys, types, importlib
@@ -79,12 +80,10 @@ for name in ("expert_map", "expert_reduce"):
 '''
 
 
-def test_real_qdp_decorators_accept_our_plugins():
-    if not (Path(SOURCES) / "plugin" / "_lib.py").is_file():
-        pytest.skip(f"no unpacked tensorrt-cu13-bindings wheel at {SOURCES} (set JETMOE_TRT_PLUGIN_SRC)")
+def test_real_qdp_decorators_accept_our_plugins(qdp_source_dir):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", SCRIPT, SOURCES], cwd=ROOT, env=env, check=False, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(qdp_source_dir)], cwd=ROOT, env=env, check=False,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     print(done.stdout)
@@ -96,3 +95,10 @@ def test_real_qdp_decorators_accept_our_plugins():
     assert "('FP32', 'INT32', 'FP32', 'FP32', 'FP32', 'FP32')" in done.stdout
     assert "expert_map tactics [1, 2, 3]" in done.stdout
     assert "expert_reduce jit tactics [[None, None, None], [None, None, None]]" in done.stdout
+
+
+def test_an_unreachable_index_skips_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.delenv("JETMOE_TRT_PLUGIN_SRC", raising=False)
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on port 9
+    with pytest.raises(pytest.skip.Exception, match=r"index http://127\.0\.0\.1:9/simple cannot be reached"):
+        qdp_sources(tmp_path / "empty-cache")

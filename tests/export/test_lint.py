@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import onnx
+import onnx.inliner
 import pytest
-from onnx import helper
+from onnx import helper, version_converter
 
 from export.lint import lint_model
 from jetmoe.cli import main
@@ -78,3 +79,59 @@ def test_cli(model, tmp_path, capsys, exported):
     captured = capsys.readouterr()
     assert "node 'bad' (Unique)" in captured.out and "1 problem(s)" in captured.err
     assert main(["lint", str(tmp_path / "missing.onnx")]) == 1
+
+
+# ---- the portable dispatch's If, and the dispatch check -------------------------------------------------------------
+
+
+def if_node(name: str, then_out: list, else_out: list, inner_op: str = "Identity") -> list[onnx.NodeProto]:
+    """input_ids -> If(T <= 2) whose branches output tensors of the given shapes (then: Identity or `inner_op`)."""
+    def branch(label, shape, op):
+        out = helper.make_tensor_value_info(f"{name}_{label}_y", onnx.TensorProto.INT64, None)
+        if shape == "same":
+            body = [helper.make_node(op, ["input_ids"], [out.name], name=f"{name}_{label}_op")]
+        else:  # a reshape to a fixed, different shape
+            dims = helper.make_tensor(f"{name}_{label}_dims", onnx.TensorProto.INT64, [len(shape)], shape)
+            body = [helper.make_node("Constant", [], [f"{name}_{label}_shape"], value=dims),
+                    helper.make_node("Reshape", ["input_ids", f"{name}_{label}_shape"], [out.name],
+                                     name=f"{name}_{label}_op")]
+        return helper.make_graph(body, f"{name}_{label}", [], [out])
+
+    t = helper.make_tensor(f"{name}_limit", onnx.TensorProto.INT64, [], [2])
+    return [helper.make_node("Size", ["input_ids"], [f"{name}_T"]),
+            helper.make_node("Constant", [], [f"{name}_max"], value=t),
+            helper.make_node("LessOrEqual", [f"{name}_T", f"{name}_max"], [f"{name}_small"]),
+            helper.make_node("If", [f"{name}_small"], [f"{name}_out"], name=name,
+                             then_branch=branch("then", then_out, inner_op), else_branch=branch("else", else_out,
+                                                                                              "Identity"))]
+
+
+def test_an_if_with_one_shape_either_way_passes_and_its_branches_are_linted(model):
+    model.graph.node.extend(if_node("same_if", "same", "same"))
+    assert lint_model(model), str(lint_model(model))
+    model.graph.node.extend(if_node("ragged_if", [1, -1], [-1]))
+    model.graph.node.extend(if_node("nonzero_if", "same", "same", inner_op="NonZero"))
+    text = str(lint_model(model))
+    assert "node 'ragged_if' (If): output 'ragged_if_out' has no shape common to both branches" in text
+    assert "node 'nonzero_if_then_op' (NonZero): data-dependent output shape" in text
+    assert "same_if" not in text
+
+
+def test_the_portable_export_passes_the_table(exported):
+    path = exported("fp32", dispatch="portable")
+    report = lint_model(onnx.load(path, load_external_data=False), "portable", 2)
+    assert report, str(report)
+    assert "ONNX operator table" in report.check
+
+
+def test_inlined_or_dropped_functions_name_the_likely_cause(model):
+    inlined = onnx.inliner.inline_local_functions(model)
+    for dispatch, layers in ((None, None), ("plugin", 2)):
+        text = str(lint_model(inlined, dispatch, layers))
+        assert "a tool inlined the jetmoe local functions" in text and "onnxscript's optimizer with inline=True" in text
+        assert ("so 8 jetmoe nodes are expected; the graph has 0" in text) == (dispatch == "plugin")
+    converted = version_converter.convert_version(model, 22)
+    assert "onnx.version_converter drops function bodies" in str(lint_model(converted))
+    text = str(lint_model(model, "portable", 2))
+    assert "export.json records the portable dispatch, but the graph has 8 jetmoe nodes" in text
+    assert lint_model(model, "plugin", 2)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import onnx
 import onnxruntime as ort
 import pytest
@@ -11,7 +13,7 @@ from onnx import TensorProto, helper
 from export import portable, schema
 from jetmoe import ops
 from jetmoe.errors import ExportError
-from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, OpSpec
+from jetmoe.op_contract import EXPERT_MAP, EXPERT_REDUCE, OPS, OpSpec
 from tests.jetmoe.test_ops import inputs
 
 OPSET = 21
@@ -41,28 +43,35 @@ def single_node_model(op: OpSpec, num_experts: int, top_k: int, dtype: torch.dty
     return model
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {k: v.numpy() for k, v in feeds.items()})[0])
+@functools.cache
+def session(op_name: str, num_experts: int, top_k: int, dtype: torch.dtype, index_type: int, body: str):
+    model = single_node_model(OPS[op_name], num_experts, top_k, dtype, index_type, body)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # tiny ops; and no idle thread pool spinning while other sessions run
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(op: OpSpec, shape: tuple, dtype: torch.dtype, index_type: int, body: str, feeds: dict) -> torch.Tensor:
+    _, _, _, E, K = shape
+    out = session(op.name, E, K, dtype, index_type, body).run(None, {k: v.numpy() for k, v in feeds.items()})
+    return torch.from_numpy(out[0])
 
 
 @pytest.mark.parametrize("body", portable.BODIES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_bodies_match_the_torch_ops(body, shape, dtype):
-    _, _, _, E, K = shape
     cases = [("random", TensorProto.INT64), ("random", TensorProto.INT32)]
     if dtype == torch.float32:
         cases += [("one_expert", TensorProto.INT64), ("few_experts", TensorProto.INT64)]
     for pattern, index_type in cases:
         x, idx, w_map, h, gates, w_red, bias = inputs(*shape, dtype, pattern)
         idx_t = idx if index_type == TensorProto.INT64 else idx.int()
-        y = run(single_node_model(EXPERT_MAP, E, K, dtype, index_type, body),
-                {"x": x, "expert_idx": idx_t, "weight": w_map})
+        y = run(EXPERT_MAP, shape, dtype, index_type, body, {"x": x, "expert_idx": idx_t, "weight": w_map})
         ref = ops.expert_map(x, idx, w_map)
         print(body, shape, dtype, pattern, index_type, "map max diff", float((y - ref).abs().max()))
         torch.testing.assert_close(y, ref, atol=TOL[dtype], rtol=TOL[dtype])
-        z = run(single_node_model(EXPERT_REDUCE, E, K, dtype, index_type, body),
+        z = run(EXPERT_REDUCE, shape, dtype, index_type, body,
                 {"h": h, "expert_idx": idx_t, "gates": gates, "weight": w_red, "bias": bias})
         ref = ops.expert_reduce(h, idx, gates, w_red, bias)
         print(body, shape, dtype, pattern, index_type, "reduce max diff", float((z - ref).abs().max()))
@@ -86,7 +95,7 @@ def test_the_graph_is_plugin_free_and_static():
 def test_the_switch_gives_the_same_numbers_either_side_of_its_limit(T):
     assert portable.default_gather_max_tokens(8, 2) == 2  # JetMoe: E 8, K 2
     x, idx, w_map, *_ = inputs(T, 16, 12, 8, 2, torch.float32)
-    y = run(single_node_model(EXPERT_MAP, 8, 2, torch.float32, TensorProto.INT64, "switch"),
+    y = run(EXPERT_MAP, (T, 16, 12, 8, 2), torch.float32, TensorProto.INT64, "switch",
             {"x": x, "expert_idx": idx, "weight": w_map})
     torch.testing.assert_close(y, ops.expert_map(x, idx, w_map), atol=1e-5, rtol=1e-5)
 

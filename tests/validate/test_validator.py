@@ -161,7 +161,7 @@ def test_cli_exit_codes(exported, tiny_checkpoint, tmp_path, capsys):
             "--long-context", "0", "--generation-tokens", "4", "--json", str(tmp_path / "r.json")]
     assert main(args) == 0
     assert "validation: PASS" in capsys.readouterr().out and json.loads((tmp_path / "r.json").read_text())["passed"]
-    assert main(args + ["--tolerance", "logits_atol=1e-12"]) == 1
+    assert main(args + ["--tolerance", "logits_atol=1e-12", "--tolerance", "logits_rtol=0"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and "do not match the eager model" in captured.err
     assert main(args + ["--tolerance", "bogus=1"]) == 1
