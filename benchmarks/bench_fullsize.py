@@ -130,7 +130,8 @@ def phase_ort_load(folder: Path) -> dict:
     start = time.perf_counter()
     runner.activate()
     created = time.perf_counter() - start
-    return {"create_s": created, "graph": runner.path.name}
+    graph = "model.ort.onnx" if (Path(folder) / "model.ort.onnx").is_file() else "model.onnx"
+    return {"create_s": created, "graph": graph}
 
 
 def phase_latency(side: str, target: Path, reps: int = 3) -> dict:

@@ -1,4 +1,6 @@
-"""Checkpoint folder -> `model.onnx` (+ `model.ort.onnx`) + `model.onnx.data` + `export.json`, all or nothing.
+"""Checkpoint folder -> `model.onnx` (+ `model.ort.onnx`) + `model.onnx.data` + `export.json`, all or nothing,
+with the files other tools read beside them (export/sidecars.py: config.json, generation_config.json,
+genai_config.json, the checkpoint's tokenizer files).
 
 The reference model is traced with torch.export on fake tensors (no weights in memory), with the expert
 dispatch lowered to opaque `jetmoe` nodes; the graph is cleaned by onnxscript's optimizer while its weights are
@@ -33,6 +35,7 @@ from export.functions import local_functions
 from export.lint import LintReport, lint_model, load_graph
 from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records
 from export.ort_graph import ORT_MODEL_NAME, make_ort_graph
+from export.sidecars import write_sidecars
 from export.weights_check import ALIGN, check_weights
 from jetmoe import checkpoint, dtypes
 from jetmoe.config import JetMoeConfig
@@ -71,10 +74,12 @@ def export_checkpoint(
     """Export an HF-format JetMoe checkpoint folder to ONNX in `out_dir` (all or nothing); return model.onnx.
 
     Writes model.onnx, model.onnx.data (every weight once, under its checkpoint name, page aligned so runtimes can
-    map it) and export.json. `dispatch`: "plugin" (the `jetmoe` nodes, for TensorRT with our plugins, plus
-    model.ort.onnx for ONNX Runtime) or "portable" (standard ONNX ops only, for TensorRT-RTX or TensorRT without
-    plugins; ONNX Runtime runs its model.onnx as is). `lint` checks the
-    written model before the folder is published (the CLI passes one that also runs a real TensorRT parser).
+    map it), export.json, and for other tools config.json, generation_config.json, genai_config.json (causal-lm)
+    and the checkpoint's tokenizer files (docs/ecosystem.md), every file recorded in export.json. `dispatch`:
+    "plugin" (the `jetmoe` nodes, for TensorRT with our plugins, plus model.ort.onnx for ONNX Runtime) or "portable"
+    (standard ONNX ops only, for TensorRT-RTX or TensorRT without plugins; ONNX Runtime runs its model.onnx as is).
+    `lint` checks the written model before the folder is published (the CLI passes one that also runs a real
+    TensorRT parser).
     Raises ExportError / CheckpointError / OutputError naming the offending value; nothing is left behind.
     """
     float_type = dtypes.float_dtype(dtype)
@@ -121,6 +126,8 @@ def export_checkpoint(
             say(f"writing the ONNX Runtime graph ({ORT_MODEL_NAME}: expert views into the same weights)")
             make_ort_graph(tmp)
             written.append(ORT_MODEL_NAME)
+        written += write_sidecars(tmp, config, task=task, dtype=float_type.name, names=names,
+                                  checkpoint_dir=checkpoint_dir)
         _manifest(config, float_type.name, task, opset, dispatch, names, tmp, checkpoint_dir, written).write(tmp)
     say(f"wrote {out_dir / MODEL_NAME}")
     return out_dir / MODEL_NAME

@@ -11,8 +11,10 @@ its values do, and TensorRT builds both branches as one conditional. Its branch 
 nodes. The portable dispatch (export/portable.py) switches on T this way.
 
 `check_dispatch` checks the `jetmoe` nodes and local functions against the dispatch export.json records (or, with
-no export.json, against what tools leave behind): it catches a plugin export whose functions a tool inlined or
-dropped after `jetmoe export`.
+no export.json, against what the graph itself says): it catches a plugin export whose functions a tool inlined or
+dropped after `jetmoe export` (docs/ops.md, "Tools that inline the local functions"), and names the tool. Its count
+of the nodes expected comes from export.json, or else from the layers the graph names (`model.layers.<i>.` weights,
+`past_key_values.<i>.` inputs), which every one of those tools keeps.
 
 engines/lint.py runs TensorRT's own parser where one is importable and falls back to this table.
 """
@@ -20,6 +22,7 @@ engines/lint.py runs TensorRT's own parser where one is importable and falls bac
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import onnx
@@ -34,12 +37,17 @@ _PLUGIN_FIELD_TYPES = {onnx.AttributeProto.INT, onnx.AttributeProto.FLOAT, onnx.
                        onnx.AttributeProto.FLOATS}
 TABLE_CHECK = f"TensorRT {trt_operators.TRT_VERSION} ONNX operator table (transcribed)"
 NODES_PER_LAYER = 4  # expert_map and expert_reduce, in MoA and in MoE
-INLINED = ("a tool inlined the jetmoe local functions into the graph after `jetmoe export` (onnxscript's optimizer "
-           "with inline=True, onnx.inliner.inline_local_functions, or ONNX Runtime's saved optimized model): "
-           "TensorRT then meets their NonZero bodies instead of the plugins; use the model.onnx `jetmoe export` "
-           "wrote, or export --dispatch portable for a plugin-free graph")
-DROPPED = ("a tool dropped the local functions after `jetmoe export` (onnx.version_converter drops function "
-           "bodies): export again with --opset instead of converting the file")
+DISPATCH_KEY = "jetmoe.dispatch"  # model metadata of export/unrolled.py's copies: "unrolled"
+_LAYER = re.compile(r"^(?:model\.layers|past_key_values)\.(\d+)\.")
+INLINED = ("a tool inlined the jetmoe local functions into standard ops after `jetmoe export`: onnxscript.optimizer"
+           ".optimize (inline=True is its default: pass inline=False), onnx.inliner.inline_local_functions, or an "
+           "ONNX Runtime session's optimized_model_filepath. TensorRT then meets their NonZero bodies instead of the "
+           "plugins; use the model.onnx `jetmoe export` wrote, or export --dispatch portable for a plugin-free graph")
+DROPPED = ("ONNX Runtime cannot run these nodes, and TensorRT has no fallback body for them. A tool dropped the "
+           "local functions after `jetmoe export` (onnx.version_converter drops function bodies and keeps the "
+           "nodes): export again with `jetmoe export --opset N` instead of converting the file")
+UNROLLED = ("this is an ONNX Runtime-only copy (export/unrolled.py, `jetmoe quantize`: each expert a MatMul on its "
+            "own weight); TensorRT needs the plugin-dispatch (or portable) export from `jetmoe export`")
 
 
 @dataclasses.dataclass
@@ -92,13 +100,12 @@ def lint_model(model: onnx.ModelProto, dispatch: str | None = None, num_layers: 
         issues.append(LintIssue("<model>", "opset_import", f"default-domain opset {version} is outside TensorRT "
                                 f"{trt_operators.TRT_VERSION}'s {trt_operators.OPSET_MIN}..{trt_operators.OPSET_MAX}"))
     types, shapes = _value_types(model)
-    functions = {(f.domain, f.name) for f in model.functions}
     for i, node in enumerate(model.graph.node):
         name = node.name or f"#{i}"
         if node.domain in ("", "ai.onnx"):
             issues += _check_standard(node, name, types, shapes)
         elif node.domain == schema.DOMAIN:
-            issues += _check_plugin(node, name, functions)
+            issues += _check_plugin(node, name)
         else:
             issues.append(LintIssue(name, f"{node.domain}::{node.op_type}",
                                     f"domain {node.domain!r} is neither standard ONNX nor the {schema.DOMAIN!r} "
@@ -151,36 +158,49 @@ def _check_if(node: onnx.NodeProto, name: str, types: dict[str, int],
 def check_dispatch(model: onnx.ModelProto, dispatch: str | None = None, num_layers: int | None = None
                    ) -> list[LintIssue]:
     """The `jetmoe` nodes and local functions against the dispatch (and layer count) export.json records; with
-    no export.json (None), against what the inlining tools leave behind (the `jetmoe` opset import, or a
-    jetmoe-trt model with NonZero on its main graph)."""
+    no export.json (None), against the graph's own layers, once it looks like a plugin export (a `jetmoe` node or
+    opset import left, or a jetmoe-trt model with NonZero on its main graph, as the inlined bodies leave)."""
     nodes = [n for n in model.graph.node if n.domain == schema.DOMAIN]
     functions = {f.name for f in model.functions if f.domain == schema.DOMAIN}
-    issues = []
+    metadata = {p.key: p.value for p in model.metadata_props}
+    if dispatch == "unrolled" or (dispatch is None and metadata.get(DISPATCH_KEY) == "unrolled"):
+        return [LintIssue("<model>", "dispatch", UNROLLED)]
     if dispatch == "portable":
         if nodes or functions:
-            issues.append(LintIssue("<model>", "dispatch", f"export.json records the portable dispatch, but the graph "
-                                    f"has {len(nodes)} {schema.DOMAIN} nodes and functions {sorted(functions)}: "
-                                    "export.json does not describe this model.onnx"))
-        return issues
-    if dispatch == "plugin" and num_layers is not None:
-        expected = NODES_PER_LAYER * num_layers
-        if len(nodes) != expected:
-            issues.append(LintIssue("<model>", "dispatch", f"export.json records the plugin dispatch and {num_layers} "
-                                    f"layers, so {expected} {schema.DOMAIN} nodes are expected; the graph has "
-                                    f"{len(nodes)}" + (f": {INLINED}" if len(nodes) < expected else "")))
-    elif not nodes:
-        leftover = any(o.domain == schema.DOMAIN for o in model.opset_import) or (
+            return [LintIssue("<model>", "dispatch", f"export.json records the portable dispatch, but the graph "
+                              f"has {len(nodes)} {schema.DOMAIN} nodes and functions {sorted(functions)}: "
+                              "export.json does not describe this model.onnx")]
+        return []
+    issues = []
+    if dispatch is None:
+        plugin_like = nodes or any(o.domain == schema.DOMAIN for o in model.opset_import) or (
             model.producer_name == "jetmoe-trt" and any(n.op_type == "NonZero" for n in model.graph.node))
-        if leftover:
-            issues.append(LintIssue("<model>", "dispatch", f"no {schema.DOMAIN} node is left in a jetmoe-trt plugin "
-                                    f"export: {INLINED}"))
-    if nodes and not functions:
-        issues.append(LintIssue("<model>", "dispatch", f"the graph has {len(nodes)} {schema.DOMAIN} nodes but no "
-                                f"{schema.DOMAIN} local functions: {DROPPED}"))
+        num_layers = expected_layers(model) if plugin_like else 0
+    if num_layers:
+        expected = NODES_PER_LAYER * num_layers
+        if dispatch == "plugin":
+            count = (f"export.json records the plugin dispatch and {num_layers} layers, so {expected} "
+                     f"{schema.DOMAIN} nodes are expected; the graph has {len(nodes)}")
+        else:
+            count = (f"{len(nodes)} of the {expected} {schema.DOMAIN} nodes expected for the {num_layers} layers the "
+                     "graph names are left")
+        if len(nodes) != expected:
+            issues.append(LintIssue("<model>", "dispatch", count + (f": {INLINED}" if len(nodes) < expected else "")))
+    missing = sorted({n.op_type for n in nodes if n.op_type in OPS} - functions)
+    if missing:
+        issues.append(LintIssue("<model>", "dispatch", "no local function for "
+                                f"{', '.join(f'{schema.DOMAIN}::{op}' for op in missing)}: {DROPPED}"))
     return issues
 
 
-def _check_plugin(node: onnx.NodeProto, name: str, functions: set[tuple[str, str]]) -> list[LintIssue]:
+def expected_layers(model: onnx.ModelProto) -> int:
+    """Decoder layers the graph names (HF weight names, past KV inputs); 0 if it names none."""
+    names = [t.name for t in model.graph.initializer] + [v.name for v in model.graph.input]
+    indices = {int(m.group(1)) for m in map(_LAYER.match, names) if m}
+    return max(indices) + 1 if indices else 0
+
+
+def _check_plugin(node: onnx.NodeProto, name: str) -> list[LintIssue]:
     op = f"{node.domain}::{node.op_type}"
     spec = OPS.get(node.op_type)
     if spec is None:
@@ -199,8 +219,6 @@ def _check_plugin(node: onnx.NodeProto, name: str, functions: set[tuple[str, str
             issues.append(LintIssue(name, op, f"attribute {attr.name} has type "
                                     f"{onnx.AttributeProto.AttributeType.Name(attr.type)}; plugin fields must be "
                                     "INT, FLOAT, INTS or FLOATS"))
-    if (node.domain, node.op_type) not in functions:
-        issues.append(LintIssue(name, op, "no local function with this name: ONNX Runtime cannot run the node"))
     return issues
 
 

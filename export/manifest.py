@@ -1,9 +1,10 @@
 """`export.json`: what an export folder holds, as a typed record with one reader.
 
-Written by the exporter, read by the ONNX Runtime runner, the TensorRT builder and the validator. The reader
-checks the format and its version, and `verify_files` checks the files against the recorded sizes (cheap,
-catches truncation and a missing model.onnx.data) or sha256s (reads every byte: the validator and the builder
-do it before trusting a run).
+Written by the exporter (and by `export/unrolled.py` / `export/quantize.py` for their ONNX Runtime-only copies),
+read by the ONNX Runtime runner, the TensorRT builder and the validator. The reader checks the format and its
+version, and `verify_files` checks the files against the recorded sizes (cheap, catches truncation and a missing
+model.onnx.data) or sha256s (reads every byte: the validator and the builder do it before trusting a run).
+Fields added after a format version have defaults and are read as optional: an older export.json still reads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ DATA_NAME = "model.onnx.data"
 MANIFEST_NAME = "export.json"
 FORMAT = "jetmoe-trt export"
 FORMAT_VERSION = 2  # 2: files record bytes and sha256; dispatch recorded
+DISPATCHES = ("plugin", "portable", "unrolled")  # what model.onnx holds in place of the experts (`dispatch`)
+TASKS = ("causal-lm", "sequence-classification")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +36,25 @@ class FileRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class Quantization:
+    """How `jetmoe quantize` (export/quantize.py) made an export's integer experts."""
+
+    scheme: str  # "int8-weight-only", "int4-weight-only", "int8-dynamic"
+    experts: list[str]  # expert groups quantized: "mlp" (MoE), "attention" (MoA)
+    nodes: int  # expert MatMuls quantized
+    block_size: int | None  # weight-only: input rows per scale; None for dynamic
+    accuracy_level: int | None  # weight-only: MatMulNBits' activation precision (4: int8); None for dynamic
+    symmetric: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportManifest(ModelRecord):
     task: str  # "causal-lm" or "sequence-classification"
     dtype: str  # "fp32", "fp16", "bf16": the graph's float type
     opset: int
-    dispatch: str  # "plugin" (jetmoe nodes + local functions) or "portable" (standard ONNX ops only)
+    # "plugin" (jetmoe nodes + local functions), "portable" (standard ONNX ops only) or "unrolled" (ONNX Runtime
+    # only: each expert a MatMul on its own weight; export/unrolled.py, also every quantized export)
+    dispatch: str
     config: dict[str, Any]  # JetMoeConfig.to_dict()
     checkpoint: str  # the folder exported from
     inputs: list[dict[str, Any]]  # [{"name", "type", "shape"}] as in model.onnx
@@ -46,6 +63,8 @@ class ExportManifest(ModelRecord):
     custom_ops: list[dict[str, Any]]
     files: dict[str, FileRecord]  # file name -> size and sha256
     versions: dict[str, str]
+    source: str | None = None  # unrolled / quantized: the export folder it was made from
+    quantization: Quantization | None = None  # quantized: how (export/quantize.py)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -68,20 +87,26 @@ class ExportManifest(ModelRecord):
         if raw.get("format_version") != FORMAT_VERSION:
             raise ExportError(f"{where} has format version {raw.get('format_version')!r}; this jetmoe-trt reads "
                               f"version {FORMAT_VERSION}: export again with `jetmoe export`")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(fields - set(raw))
+        fields = dataclasses.fields(cls)
+        required = {f.name for f in fields if f.default is dataclasses.MISSING}
+        missing = sorted(required - set(raw))
         if missing:
             raise ExportError(f"{where} lacks {missing}: export again with `jetmoe export`")
         try:
-            values = {k: raw[k] for k in fields}
+            values = {f.name: raw[f.name] for f in fields if f.name in raw}
             values["files"] = {name: FileRecord(**record) for name, record in raw["files"].items()}
+            if values.get("quantization") is not None:
+                values["quantization"] = Quantization(**values["quantization"])
             manifest = cls(**values)
             config = manifest.model_config
             manifest.float_type  # noqa: B018  (checks the dtype name)
         except (TypeError, AttributeError, ConfigError, ValueError) as e:
             raise ExportError(f"{where} is damaged ({e}): export again") from None
-        if manifest.task not in ("causal-lm", "sequence-classification"):
+        if manifest.task not in TASKS:
             raise ExportError(f"{where} names an unknown task {manifest.task!r}")
+        if manifest.dispatch not in DISPATCHES:
+            raise ExportError(f"{where} names an unknown dispatch {manifest.dispatch!r} (this jetmoe-trt knows "
+                              f"{list(DISPATCHES)}): export again")
         names = IoNames(config.num_hidden_layers, manifest.task, manifest.validation_outputs)
         recorded = [io["name"] for io in manifest.inputs]
         if recorded != names.inputs:
@@ -97,7 +122,7 @@ class ExportManifest(ModelRecord):
             path = folder / name
             if not path.is_file():
                 raise ExportError(f"{path} is missing: model.onnx and {DATA_NAME} must stay together in the export "
-                                  f"folder (export.json lists {sorted(self.files)})")
+                                  f"folder with the files export.json lists ({sorted(self.files)})")
             size = path.stat().st_size
             if size != record.bytes:
                 raise ExportError(f"{path} has {size} bytes, export.json records {record.bytes}: the file was "

@@ -7,8 +7,9 @@ Activation reads export.json, checks that the recorded files (model.onnx, model.
 their recorded sizes, creates the session and checks its inputs against the manifest (a manifest edited to lie is
 refused, not run). The session runs the export's ONNX Runtime graph, model.ort.onnx (export/ort_graph.py: same
 weights, nothing for ONNX Runtime to fold or copy), where export.json records one: every plugin-dispatch export;
-a portable export's model.onnx runs as is. bf16 exports are refused: ONNX Runtime's CPU provider has no bf16
-kernels (documented in docs/support.md).
+a portable export's model.onnx runs as is, and so does the model.onnx of an unrolled or quantized copy
+(`"dispatch": "unrolled"`: export/unrolled.py, `jetmoe quantize`). bf16 exports are refused: ONNX Runtime's CPU
+provider has no bf16 kernels (documented in docs/support.md).
 """
 
 from __future__ import annotations

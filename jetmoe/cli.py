@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     from engines.builder import build_engine, plan_build
     from engines.plugin_kernels import emit_ptx
     from export.exporter import export_checkpoint
+    from export.quantize import EXPERT_GROUPS, SCHEMES, quantize_export
     from jetmoe.generate import generate
     from jetmoe.random_weights import write_random_checkpoint
     from validate.bench import bench
@@ -87,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, write_random_checkpoint, "--overwrite", help="replace an earlier checkpoint folder")
 
     p = command("export", "export a checkpoint to ONNX: writes model.onnx, model.onnx.data (the weights) and "
-                "export.json in the output folder", _export)
+                "export.json in the output folder, and for other tools (onnxruntime-genai, HF Optimum; "
+                "docs/ecosystem.md) config.json, generation_config.json, genai_config.json and the checkpoint's "
+                "tokenizer files", _export)
     p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder to create")
     _flag(p, export_checkpoint, "--dtype", type=_float_type, help="fp32, fp16 or bf16")
@@ -99,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
           help="plugin: jetmoe nodes for TensorRT's plugins; portable: standard ONNX ops only (TensorRT-RTX, "
                "TensorRT without plugins)")
     _flag(p, export_checkpoint, "--overwrite", help="replace an earlier export folder")
+
+    p = command("quantize", "integer experts for ONNX Runtime CPU: writes a copy of an fp32/fp16 plugin-dispatch "
+                "export with its expert matmuls quantized, routers float (ONNX Runtime only, not TensorRT)", _quantize)
+    p.add_argument("export", type=Path, help="export folder (or its model.onnx) written by `jetmoe export`")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder to create")
+    _flag(p, quantize_export, "--scheme", choices=sorted(SCHEMES),
+          help="int8-weight-only (MatMulNBits), int4-weight-only or int8-dynamic (MatMulInteger)")
+    _flag(p, quantize_export, "--experts", nargs="+", choices=sorted(EXPERT_GROUPS),
+          help="expert groups to quantize: mlp (MoE), attention (MoA)")
+    _flag(p, quantize_export, "--overwrite", help="replace an earlier quantized folder")
 
     p = command("lint", "check that an ONNX model only uses what TensorRT's parser supports: TensorRT's (or "
                 "TensorRT-RTX's) own parser, node by node, where importable, else the transcribed operator table",
@@ -262,6 +275,14 @@ def _export(args: argparse.Namespace) -> None:
     path = export_checkpoint(args.checkpoint, args.output, dtype=args.dtype, task=args.task, opset=args.opset,
                              validation_outputs=args.validation_outputs, dispatch=args.dispatch,
                              overwrite=args.overwrite, lint=lint_file)
+    print(path)
+
+
+def _quantize(args: argparse.Namespace) -> None:
+    from export.quantize import quantize_export
+
+    path = quantize_export(args.export, args.output, scheme=args.scheme, experts=tuple(args.experts),
+                           overwrite=args.overwrite)
     print(path)
 
 

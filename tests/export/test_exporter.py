@@ -13,8 +13,10 @@ import torch
 from export.exporter import DATA_NAME, MANIFEST_NAME, MODEL_NAME, export_checkpoint
 from export.onnx_runtime import OnnxrtRunner
 from export.ort_graph import ORT_MODEL_NAME
+from export.sidecars import GENAI_CONFIG_NAME, GENERATION_CONFIG_NAME
 from export.weights_check import weights_report
 from jetmoe import CheckpointError, ExportError, InputError, JetMoeForCausalLM, KVCache, OutputError
+from jetmoe.config import CONFIG_NAME
 from jetmoe.generate import generate
 from tests.conftest import CONFIGS, make_model
 
@@ -187,8 +189,10 @@ def test_manifest(exported, tiny_checkpoint):
     manifest = json.loads((path.parent / MANIFEST_NAME).read_text())
     assert manifest["task"] == "causal-lm" and manifest["dtype"] == "fp32" and manifest["opset"] == 21
     assert manifest["config"]["hidden_size"] == tiny_checkpoint[1].config.hidden_size
-    assert set(manifest["files"]) == {MODEL_NAME, ORT_MODEL_NAME, DATA_NAME}
-    for name in (MODEL_NAME, ORT_MODEL_NAME, DATA_NAME):
+    written = {MODEL_NAME, ORT_MODEL_NAME, DATA_NAME, CONFIG_NAME, GENERATION_CONFIG_NAME, GENAI_CONFIG_NAME}
+    assert set(manifest["files"]) == written  # the tiny checkpoint has no tokenizer files to copy
+    assert {p.name for p in path.parent.iterdir()} == written | {MANIFEST_NAME}
+    for name in written:
         data = (path.parent / name).read_bytes()
         assert manifest["files"][name] == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     assert [op["name"] for op in manifest["custom_ops"]] == ["expert_map", "expert_reduce"]
@@ -199,7 +203,7 @@ def test_manifest(exported, tiny_checkpoint):
 def test_export_is_deterministic(exported, tiny_checkpoint, tmp_path):
     again = export_checkpoint(tiny_checkpoint[0], tmp_path / "again")
     first = exported()
-    for name in (MODEL_NAME, ORT_MODEL_NAME, DATA_NAME):
+    for name in (MODEL_NAME, ORT_MODEL_NAME, DATA_NAME, CONFIG_NAME, GENERATION_CONFIG_NAME, GENAI_CONFIG_NAME):
         assert (again.parent / name).read_bytes() == (first.parent / name).read_bytes(), name
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
+import numpy as np
 import onnx
 import onnx.inliner
 import pytest
 from onnx import helper, version_converter
 
-from export.lint import lint_model
+from export.lint import NODES_PER_LAYER, check_dispatch, expected_layers, lint_model
 from jetmoe.cli import main
 
 
@@ -67,7 +72,8 @@ def test_missing_function_and_opset(model):
     del model.functions[:]
     model.opset_import[0].version = 25
     text = str(lint_model(model))
-    assert "no local function with this name" in text and "opset 25 is outside" in text
+    assert "no local function for jetmoe::expert_map, jetmoe::expert_reduce" in text and "opset 25 is outside" in text
+    assert text.count("no local function") == 1  # one line for the model, not one per node
 
 
 def test_cli(model, tmp_path, capsys, exported):
@@ -128,10 +134,124 @@ def test_inlined_or_dropped_functions_name_the_likely_cause(model):
     inlined = onnx.inliner.inline_local_functions(model)
     for dispatch, layers in ((None, None), ("plugin", 2)):
         text = str(lint_model(inlined, dispatch, layers))
-        assert "a tool inlined the jetmoe local functions" in text and "onnxscript's optimizer with inline=True" in text
-        assert ("so 8 jetmoe nodes are expected; the graph has 0" in text) == (dispatch == "plugin")
+        assert "a tool inlined the jetmoe local functions" in text and "(inline=True is its default" in text
+        assert ("0 of the 8 jetmoe nodes expected for the 2 layers the graph names" in text) == (dispatch is None)
+        assert ("records the plugin dispatch and 2 layers, so 8 jetmoe nodes are expected; the graph has 0"
+                in text) == (dispatch == "plugin")
     converted = version_converter.convert_version(model, 22)
     assert "onnx.version_converter drops function bodies" in str(lint_model(converted))
     text = str(lint_model(model, "portable", 2))
     assert "export.json records the portable dispatch, but the graph has 8 jetmoe nodes" in text
     assert lint_model(model, "plugin", 2)
+
+
+# ---- the tools that strip the plugin nodes, run for real (docs/ops.md) ---------------------------------------------
+# The stripped models still run in ONNX Runtime: nothing else fails until TensorRT finds no jetmoe node.
+
+
+def run_in_onnx_runtime(model: onnx.ModelProto, config, tmp_path) -> None:
+    import onnxruntime as ort
+
+    path = tmp_path / "stripped.onnx"
+    onnx.save(model, path)
+    feeds = {"input_ids": np.array([[3, 4, 5]]), "attention_mask": np.ones((1, 3), np.int64),
+             "position_ids": np.arange(3)[None]}
+    for i in range(config.num_hidden_layers):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels),
+                                                          np.float32)
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)
+
+
+def onnxscript_optimizer(model, tmp_path):
+    import onnxscript.optimizer
+
+    return onnxscript.optimizer.optimize(model)  # inline=True by default
+
+
+def onnx_inliner(model, tmp_path):
+    return onnx.inliner.inline_local_functions(model)
+
+
+def ort_saved_optimized_model(model, tmp_path):
+    import onnxruntime as ort
+
+    source, target = tmp_path / "in.onnx", tmp_path / "optimized.onnx"
+    onnx.save(model, source)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    return onnx.load(target)
+
+
+@pytest.fixture
+def with_weights(exported) -> onnx.ModelProto:
+    return onnx.load(exported())  # the tools below fold and rewrite: give them the weights
+
+
+def test_the_export_has_the_nodes_its_layers_need(model, tiny_checkpoint):
+    layers = tiny_checkpoint[1].config.num_hidden_layers
+    assert expected_layers(model) == layers
+    assert sum(n.domain == "jetmoe" for n in model.graph.node) == NODES_PER_LAYER * layers
+    assert check_dispatch(model) == []
+
+
+@pytest.mark.parametrize("tool", [onnxscript_optimizer, onnx_inliner, ort_saved_optimized_model])
+def test_inlining_tools_are_named(with_weights, tiny_checkpoint, tmp_path, tool):
+    stripped = tool(with_weights, tmp_path)
+    assert not any(n.domain == "jetmoe" for n in stripped.graph.node)
+    run_in_onnx_runtime(stripped, tiny_checkpoint[1].config, tmp_path)  # still runs: only the lint can tell
+    issues = check_dispatch(stripped)
+    assert len(issues) == 1, issues
+    text = str(issues[0])
+    assert "0 of the 8 jetmoe nodes expected for the 2 layers the graph names are left" in text
+    assert "inline=False" in text and "onnx.inliner" in text and "optimized_model_filepath" in text
+
+
+def test_onnxscript_without_inlining_keeps_the_nodes(with_weights):
+    import onnxscript.optimizer
+
+    assert check_dispatch(onnxscript.optimizer.optimize(with_weights, inline=False)) == []
+
+
+def test_version_converter_is_named(model):
+    converted = version_converter.convert_version(model, 20)
+    assert not converted.functions  # the converter's loss; the nodes stay
+    issues = check_dispatch(converted)
+    assert len(issues) == 1, issues
+    text = str(issues[0])
+    assert "no local function for jetmoe::expert_map, jetmoe::expert_reduce" in text
+    assert "version_converter" in text and "--opset" in text
+
+
+def test_a_partly_inlined_model_is_caught(model):
+    partial = onnx.inliner.inline_selected_functions(model, [("jetmoe", "expert_map")])
+    issues = check_dispatch(partial)
+    assert len(issues) == 1 and "4 of the 8 jetmoe nodes expected for the 2 layers" in str(issues[0]), issues
+
+
+def test_a_graph_without_layers_is_not_judged():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    assert check_dispatch(helper.make_model(graph)) == []
+
+
+def test_polygraphy_check_lint_runs(exported, tiny_checkpoint, tmp_path):
+    """`polygraphy check lint` needs onnx-graphsurgeon (a dependency). It runs the model in ONNX Runtime, so our
+    nodes pass through their local functions (it cannot tell whether the plugin nodes are still there). Its
+    default data makes every dynamic dimension 1, and a mask [1, 1] for 1 cached + 1 new token is refused by the
+    graph: give consistent shapes (docs/ecosystem.md)."""
+    pytest.importorskip("onnx_graphsurgeon", reason="polygraphy check lint needs onnx-graphsurgeon")
+    config = tiny_checkpoint[1].config
+    past = f"[1,{config.num_key_value_heads},2,{config.kv_channels}]"
+    shapes = ["input_ids:[1,3]", "attention_mask:[1,5]", "position_ids:[1,3]"] + [
+        f"past_key_values.{i}.{kv}:{past}" for i in range(config.num_hidden_layers) for kv in ("key", "value")]
+    report = tmp_path / "lint.json"
+    result = subprocess.run([sys.executable, "-c", "import sys; from polygraphy.tools import main; sys.exit(main())",
+                             "check", "lint", str(exported()), "-o", str(report), "--input-shapes", *shapes],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(report.read_text())["summary"]
+    assert not summary["failing"] and any(name.startswith("node_expert_map") for name in summary["passing"]), summary

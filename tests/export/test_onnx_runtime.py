@@ -82,6 +82,21 @@ def test_a_manifest_edited_to_lie(folder):
         read_manifest(folder)
 
 
+def test_fields_added_later_are_optional_and_checked(folder):
+    path = folder / "export.json"
+    raw = json.loads(path.read_text())
+    assert raw["source"] is None and raw["quantization"] is None  # written by every export
+    older = {k: v for k, v in raw.items() if k not in ("source", "quantization")}
+    path.write_text(json.dumps(older))
+    assert read_manifest(folder).quantization is None  # an export.json from before them still reads
+    path.write_text(json.dumps({**raw, "dispatch": "sparse"}))
+    with pytest.raises(ExportError, match="unknown dispatch 'sparse'"):
+        read_manifest(folder)
+    path.write_text(json.dumps({**raw, "quantization": {"scheme": "int8-weight-only"}}))
+    with pytest.raises(ExportError, match="is damaged"):
+        read_manifest(folder)
+
+
 def test_a_folder_where_model_onnx_is_expected(folder, tmp_path):
     with OnnxrtRunner(folder) as runner:  # the export folder is as good as its model.onnx
         assert runner.path == folder / "model.onnx"

@@ -113,7 +113,7 @@ def test_every_expert_is_a_view_into_the_same_weights_file(exported):
 def test_the_runner_runs_it_and_export_json_records_it(exported, tmp_path):
     folder = exported().parent
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    assert set(manifest["files"]) == {MODEL_NAME, ORT_MODEL_NAME, DATA_NAME}
+    assert {MODEL_NAME, ORT_MODEL_NAME, DATA_NAME} <= set(manifest["files"])
     with OnnxrtRunner(folder) as runner:  # the ORT graph: its expert views are overridable initializers
         assert len(runner.session.get_overridable_initializers()) == 4 * 2 * 8
         assert [i.name for i in runner.session.get_inputs()] == runner.io_names.inputs

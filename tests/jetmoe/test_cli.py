@@ -231,3 +231,33 @@ def test_hf_call_habits(checkpoint):
                           max_new_tokens=3) == expected
     with pytest.raises(InputError, match="no max_length=.*pass max_new_tokens"):
         model.generate([[5, 6, 7]], max_length=10)
+
+
+def test_quantize_then_generate_validate_and_lint(exported, tiny_checkpoint, tmp_path, capsys):
+    """`jetmoe quantize` writes an export the other commands read: generate runs it, validate judges it (on the fp32
+    limits, which int8 experts do not meet: exit 1 with the table), lint says it is not for TensorRT."""
+    pytest.importorskip("onnxruntime")
+    from export.onnx_runtime import OnnxrtRunner
+    from jetmoe.generate import generate
+
+    out = tmp_path / "int8"
+    assert main(["quantize", str(exported().parent), "-o", str(out), "--experts", "mlp"]) == 0
+    assert capsys.readouterr().out.strip() == str(out / "model.onnx")
+    assert json.loads((out / "export.json").read_text())["quantization"]["experts"] == ["mlp"]
+    assert main(["generate", str(out), "--prompt-ids", "5,17,99", "--max-new-tokens", "4"]) == 0
+    with OnnxrtRunner(out) as runner:
+        assert capsys.readouterr().out.split() == [",".join(map(str, generate(runner, [[5, 17, 99]],
+                                                                              max_new_tokens=4)[0]))]
+    assert main(["validate", str(tiny_checkpoint[0]), "--onnx", str(out), "--long-context", "0",
+                 "--generation-tokens", "4"]) == 1
+    captured = capsys.readouterr()
+    assert "onnxruntime-cpu" in captured.out and "do not match the eager model" in captured.err
+    assert main(["lint", str(out)]) == 1
+    assert "ONNX Runtime-only copy" in capsys.readouterr().out
+    assert main(["quantize", str(exported().parent), "-o", str(out)]) == 1
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["quantize", str(exported("bf16").parent), "-o", str(tmp_path / "bf16")]) == 1
+    assert "is a bf16 export" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    assert "(default:int8-weight-only)" in "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
