@@ -10,6 +10,9 @@ Stages, in order (a stage's files are removed once nothing later needs them, to 
                process afterwards (both do not fit in memory at once), batch 1, 2 threads
   generate     `jetmoe generate OUT/model.onnx --prompt-ids ... --max-new-tokens 8` through ONNX Runtime
   validate     `jetmoe validate CKPT --onnx fp16 export --long-context 128` (layer-major fp32 reference)
+  fp16-drift   the control for validate: the same cases through the eager model in fp16 (layer-major,
+               validate/reference.py with dtype fp16) against the fp32 reference, per step, beside ONNX Runtime
+               fp16's figures from validate: what fp16 arithmetic costs on these weights, graph or no graph
   export-fp32  what an fp32 export of 34 GB of weights does here (time, peak RSS, size; not run in ORT: it
                cannot fit in 24 GB)
 
@@ -32,7 +35,7 @@ from validate.timing import GiB, add_harness_arguments, provenance, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT_JSON = ROOT / "docs" / "bench" / "fullsize.json"
-STAGES = ("checkpoint", "export", "ort-load", "latency", "generate", "validate", "export-fp32")
+STAGES = ("checkpoint", "export", "ort-load", "latency", "generate", "validate", "fp16-drift", "export-fp32")
 PROMPT = [1, 306, 4658, 278, 6593, 310, 2834, 338]  # HF's slow-test prompt for jetmoe-8b
 S = P = 128
 THREADS = 2
@@ -94,13 +97,12 @@ def stage(name: str, work: Path, record: dict) -> None:
         record[name] = run_measured(jetmoe("validate", ckpt, "--onnx", fp16 / "model.onnx", "--long-context", 128,
                                            "--json", report), logs / "validate.log", cwd=ROOT)
         if report.is_file():
-            raw = json.loads(report.read_text())
-            record[name]["passed"] = raw["passed"]
-            record[name]["backends"] = [{"name": b["name"], "passed": b["passed"],
-                                         "worst_logit_diff": max(s["logits"]["max_abs"] for s in b["steps"]),
-                                         "min_top1": min(s["logits"]["top1"] for s in b["steps"])}
-                                        for b in raw["backends"] if b["available"]]
+            record[name].update(validation_summary(json.loads(report.read_text())))
         shutil.rmtree(fp16, ignore_errors=True)
+    elif name == "fp16-drift":
+        result = run_measured(this("--phase", "fp16-drift", ckpt), logs / "fp16-drift.log", cwd=ROOT)
+        result.update(_last_json(logs / "fp16-drift.log"))
+        record[name] = result
     elif name == "export-fp32":
         result = run_measured(jetmoe("export", ckpt, "-o", fp32, "--dtype", "fp32", "--overwrite"),
                               logs / "export-fp32.log", cwd=ROOT)
@@ -109,6 +111,22 @@ def stage(name: str, work: Path, record: dict) -> None:
             result["data_bytes"] = (fp32 / "model.onnx.data").stat().st_size
         record[name] = result
         shutil.rmtree(fp32, ignore_errors=True)
+
+
+def step_row(case: str, step: str, logits: dict, sub_blocks: list[dict]) -> dict:
+    """One validation step's figures (the report's names), with the hidden-state error after the last block."""
+    return {"case": case, "step": step, **{k: logits[k] for k in ("max_abs", "top1", "cosine", "kl")},
+            "last_block_rel": sub_blocks[-1]["rel_error"] if sub_blocks else None}
+
+
+def validation_summary(report: dict) -> dict:
+    """What the record keeps of a `jetmoe validate --json` report: verdicts and every step's figures."""
+    return {"passed": report["passed"],
+            "backends": [{"name": b["name"], "passed": b["passed"],
+                          "steps": [step_row(s["case"], s["step"], s["logits"], s["sub_block_errors"] or [])
+                                    for s in b["steps"]],
+                          "first_divergent_token": b["generation"]["first_divergent_step"] if b["generation"] else None}
+                         for b in report["backends"] if b["available"]]}
 
 
 def _last_json(log: Path) -> dict:
@@ -163,6 +181,34 @@ def phase_latency(side: str, target: Path, reps: int = 3) -> dict:
             "decode_ms": 1e3 * statistics.median(samples["decode"]), "reps": reps, "threads": THREADS}
 
 
+def phase_fp16_drift(ckpt: Path) -> dict:
+    """validate's cases through eager fp16 against the fp32 reference, both layer-major (validate/reference.py)."""
+    import dataclasses
+
+    import torch
+
+    from jetmoe.config import JetMoeConfig
+    from jetmoe.io_names import IoNames
+    from validate import metrics
+    from validate.cases import default_cases
+    from validate.reference import reference_steps
+
+    torch.set_num_threads(THREADS)
+    config = JetMoeConfig.from_pretrained(ckpt)
+    cases = default_cases(config, 4, 128)  # as `jetmoe validate --long-context 128`
+    names = IoNames(config.num_hidden_layers, "causal-lm", validation_outputs=True)
+    ref = reference_steps(ckpt, cases)
+    fp16 = reference_steps(ckpt, cases, dtype=torch.float16)
+    rows = []
+    for case in cases:
+        for r, t in zip(ref[case.name], fp16[case.name], strict=True):
+            logits = metrics.logit_stats(r.outputs["logits"][r.real], t.outputs["logits"][r.real])
+            stages = metrics.sub_block_errors(r.outputs, t.outputs, names, r.real)
+            rows.append(step_row(case.name, r.label, dataclasses.asdict(logits),
+                                 [{"rel_error": rel} for _, rel in stages]))
+    return {"eager-fp16": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, help="work folder (needs ~60 GB free)")
@@ -173,6 +219,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.phase == "ort-load":
         print(json.dumps(phase_ort_load(args.target)), flush=True)
+        return
+    if args.phase == "fp16-drift":
+        print(json.dumps(phase_fp16_drift(args.target)), flush=True)
         return
     if args.phase in ("ort-fp16", "eager-bf16"):
         print(json.dumps(phase_latency(args.phase, args.target)), flush=True)

@@ -97,10 +97,11 @@ def run_case(runner: Runner, case: Case) -> list[Step]:
 
 def as_numpy(values: dict[str, object]) -> dict[str, np.ndarray]:
     """Feeds or outputs for comparison: host numpy, bf16 widened to float32 (numpy has no bf16)."""
-    return {name: _numpy(value) for name, value in values.items()}
+    return {name: to_numpy(value) for name, value in values.items()}
 
 
-def _numpy(value: object) -> np.ndarray:
+def to_numpy(value: object) -> np.ndarray:
+    """A tensor (bf16 widened to float32: numpy has no bf16) or array-like as a host numpy array."""
     if isinstance(value, torch.Tensor):
         return (value.float() if value.dtype == torch.bfloat16 else value).detach().cpu().numpy()
     return np.asarray(value)

@@ -37,7 +37,7 @@ from jetmoe.config import JetMoeConfig
 from jetmoe.io_names import IoNames
 from jetmoe.log import progress
 from jetmoe.model import JetMoeBlock, JetMoeForCausalLM, RMSNorm, attention_bias, rope_cos_sin
-from validate.cases import Case, Step, as_numpy, case_feeds
+from validate.cases import Case, Step, as_numpy, case_feeds, to_numpy
 
 log = logging.getLogger(__name__)
 _EMBED = "model.embed_tokens.weight"
@@ -57,9 +57,12 @@ class _Run:
     outputs: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
-def reference_steps(checkpoint_dir: str | os.PathLike, cases: list[Case]) -> dict[str, list[Step]]:
+def reference_steps(checkpoint_dir: str | os.PathLike, cases: list[Case], dtype: torch.dtype = torch.float32
+                    ) -> dict[str, list[Step]]:
     """`{case.name: run_case(EagerRunner(fp32 model, validation_outputs=True), case)}` for a causal-lm checkpoint,
-    computed layer-major."""
+    computed layer-major. `dtype` other than fp32 (fp16, bf16) computes the same way with the weights in that
+    type, for telling what a dtype costs from what a graph costs (benchmarks/bench_fullsize.py: eager fp16 against
+    this reference next to ONNX Runtime fp16); the validator's reference is always fp32."""
     checkpoint_dir = Path(checkpoint_dir)
     start = time.perf_counter()
     config = JetMoeConfig.from_pretrained(checkpoint_dir)
@@ -70,7 +73,7 @@ def reference_steps(checkpoint_dir: str | os.PathLike, cases: list[Case]) -> dic
             for case in cases}
 
     with torch.inference_mode():
-        embed = _load(weights, {_EMBED: _EMBED})[_EMBED]
+        embed = _load(weights, {_EMBED: _EMBED}, dtype)[_EMBED]
         for case_runs in runs.values():
             for run in case_runs:
                 run.hidden = F.embedding(torch.from_numpy(run.feeds["input_ids"]), embed)  # [B, S, D]
@@ -78,16 +81,16 @@ def reference_steps(checkpoint_dir: str | os.PathLike, cases: list[Case]) -> dic
         del embed
         for layer in progress(range(config.num_hidden_layers), "reference (layer by layer)",
                               total=config.num_hidden_layers, unit="layer", logger=log):
-            block = _block(config, weights, layer)
+            block = _block(config, weights, layer, dtype)
             for case in cases:
                 cache = KVCache()  # this case's cache of this layer, in slot 0
                 for run in runs[case.name]:
                     _step_through(block, run, cache, config, layer, names)
             del block
         norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        norm.weight = torch.nn.Parameter(_load(weights, {"model.norm.weight": "w"})["w"], requires_grad=False)
+        norm.weight = torch.nn.Parameter(_load(weights, {"model.norm.weight": "w"}, dtype)["w"], requires_grad=False)
         if lm_head is None:
-            lm_head = _load(weights, {checkpoint.TIED_KEY: "w"})["w"]
+            lm_head = _load(weights, {checkpoint.TIED_KEY: "w"}, dtype)["w"]
         steps = {}
         for case in cases:
             steps[case.name] = []
@@ -119,9 +122,10 @@ def _step_through(block: JetMoeBlock, run: _Run, cache: KVCache, config: JetMoeC
     run.hidden, moa_hidden, _, (moa_logits, moe_logits), (moa_idx, moe_idx) = block(
         run.hidden, run.cos, run.sin, run.bias, cache, False)
     if past is None:  # prefill: the empty cache EagerRunner is fed
-        empty = np.zeros((run.hidden.shape[0], config.num_key_value_heads, 0, config.kv_channels), np.float32)
+        empty = to_numpy(torch.zeros(run.hidden.shape[0], config.num_key_value_heads, 0, config.kv_channels,
+                                     dtype=run.hidden.dtype))
         past = (empty, empty)
-    run.feeds[names.past[layer][0]], run.feeds[names.past[layer][1]] = (np.asarray(t) for t in past)
+    run.feeds[names.past[layer][0]], run.feeds[names.past[layer][1]] = (to_numpy(t) for t in past)
     run.outputs[names.present[layer][0]], run.outputs[names.present[layer][1]] = cache[0]
     run.outputs[names.moa_hidden_states[layer]] = moa_hidden
     run.outputs[names.router_logits[2 * layer]], run.outputs[names.router_logits[2 * layer + 1]] = (moa_logits,
@@ -130,19 +134,19 @@ def _step_through(block: JetMoeBlock, run: _Run, cache: KVCache, config: JetMoeC
                                                                                                           moe_idx)
 
 
-def _block(config: JetMoeConfig, weights: WeightFiles, layer: int) -> JetMoeBlock:
-    """Layer `layer`'s block in fp32, built as layer 0 (each case's cache holds this one layer, in slot 0)."""
+def _block(config: JetMoeConfig, weights: WeightFiles, layer: int, dtype: torch.dtype) -> JetMoeBlock:
+    """Layer `layer`'s block in `dtype`, built as layer 0 (each case's cache holds this one layer, in slot 0)."""
     prefix = f"model.layers.{layer}."
     with torch.device("meta"):
         block = JetMoeBlock(config, 0)
-    block.load_state_dict(_load(weights, {prefix + name: name for name in block.state_dict()}), strict=True,
+    block.load_state_dict(_load(weights, {prefix + name: name for name in block.state_dict()}, dtype), strict=True,
                           assign=True)
     return block.eval()
 
 
-def _load(weights: WeightFiles, wanted: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Checkpoint tensors `wanted` (checkpoint name -> key), upcast to fp32, one stored tensor read at a time."""
-    return {wanted[name]: tensor.float() for name, tensor in checkpoint.iter_tensors(weights, set(wanted))}
+def _load(weights: WeightFiles, wanted: dict[str, str], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Checkpoint tensors `wanted` (checkpoint name -> key) in `dtype`, one stored tensor read at a time."""
+    return {wanted[name]: tensor.to(dtype) for name, tensor in checkpoint.iter_tensors(weights, set(wanted))}
 
 
 # ---- generation, teacher-forced ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from jetmoe import dtypes
 from jetmoe.generate import generate
 from jetmoe.model import JetMoeForCausalLM
 from jetmoe.runner import EagerRunner
@@ -17,9 +18,10 @@ from validate.reference import reference_steps, teacher_forced_tokens
 PROMPTS = [(5, 17, 9, 30), (8, 3), (12, 40, 41)]
 
 
-def eager_reference(folder) -> EagerRunner:
-    """What the validator compared with before: the whole fp32 model in memory."""
-    return EagerRunner(lambda: JetMoeForCausalLM.from_pretrained(folder, dtype="fp32"), validation_outputs=True)
+def eager_reference(folder, dtype: str = "fp32") -> EagerRunner:
+    """What the validator compared with before: the whole fp32 model in memory (fp16 / bf16: the drift control
+    benchmarks/bench_fullsize.py computes layer-major)."""
+    return EagerRunner(lambda: JetMoeForCausalLM.from_pretrained(folder, dtype=dtype), validation_outputs=True)
 
 
 @pytest.fixture(scope="module", params=["tiny", "odd", "k3"])
@@ -29,11 +31,12 @@ def checkpoint(request, tmp_path_factory):
     return folder
 
 
-def test_bitwise_equal_to_the_eager_fp32_model(checkpoint):
-    with eager_reference(checkpoint) as runner:
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_bitwise_equal_to_the_eager_model(checkpoint, dtype):
+    with eager_reference(checkpoint, dtype) as runner:
         cases = default_cases(runner.config, decode_steps=3, long_context=20) + [Case("one row", PROMPTS[:1])]
         eager = {case.name: run_case(runner, case) for case in cases}
-    layered = reference_steps(checkpoint, cases)
+    layered = reference_steps(checkpoint, cases, dtype=dtypes.float_dtype(dtype).torch)
     compared = 0
     for case in cases:
         assert [s.label for s in layered[case.name]] == [s.label for s in eager[case.name]]
