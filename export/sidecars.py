@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from export.manifest import MODEL_NAME, file_records, read_manifest
+from jetmoe import dtypes
 from jetmoe.config import CONFIG_NAME, JetMoeConfig
 from jetmoe.errors import CheckpointError
 from jetmoe.fileio import atomic_file, atomic_write_text
@@ -36,7 +37,6 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 GENAI_CONFIG_NAME = "genai_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 ARCHITECTURES = {"causal-lm": "JetMoeForCausalLM", "sequence-classification": "JetMoeForSequenceClassification"}
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def write_sidecars(folder: Path, config: JetMoeConfig, *, task: str, dtype: str, names: IoNames,
@@ -57,7 +57,8 @@ def write_sidecars(folder: Path, config: JetMoeConfig, *, task: str, dtype: str,
 
 
 def hf_config(config: JetMoeConfig, task: str, dtype: str) -> dict[str, Any]:
-    return {**config.replace(dtype=TORCH_DTYPES[dtype]).to_original_dict(), "architectures": [ARCHITECTURES[task]]}
+    hf = config.replace(dtype=dtypes.float_dtype(dtype).hf_name).to_original_dict()
+    return {**hf, "architectures": [ARCHITECTURES[task]]}
 
 
 def generation_config(config: JetMoeConfig, checkpoint_dir: Path) -> dict[str, Any]:

@@ -38,6 +38,11 @@ class DType:
         return f"tensor({_ONNX_TYPE_NAMES[self.onnx]})"
 
     @property
+    def hf_name(self) -> str:
+        """The name HF config.json files use (`dtype`, `torch_dtype`): torch's without "torch."; float32."""
+        return str(self.torch).removeprefix("torch.")
+
+    @property
     def is_float(self) -> bool:
         return self.torch.is_floating_point
 
