@@ -11,8 +11,9 @@ from pathlib import Path
 
 from engines import flavour as flavours
 from engines.parse import ParseReport, parse_report
-from export.lint import TABLE_CHECK, LintIssue, LintReport, check_dispatch, lint_model, load_graph
-from export.manifest import MANIFEST_NAME, read_manifest
+from export.lint import ORT_GRAPH, TABLE_CHECK, LintIssue, LintReport, check_dispatch, lint_model, load_graph
+from export.manifest import MANIFEST_NAME, MODEL_NAME, read_manifest
+from export.ort_graph import ORT_MODEL_NAME
 from jetmoe.errors import Unavailable
 
 
@@ -59,7 +60,9 @@ def _missing_weights(graph, folder: Path) -> str | None:
 
 def _recorded(model: Path) -> tuple[str | None, int | None]:
     """(dispatch, num_hidden_layers) from the export.json beside the model; (None, None) where there is none."""
-    if not (model.parent / MANIFEST_NAME).is_file():
+    if model.name == ORT_MODEL_NAME:
+        return ORT_GRAPH, None
+    if model.name != MODEL_NAME or not (model.parent / MANIFEST_NAME).is_file():
         return None, None
     manifest = read_manifest(model)
     return manifest.dispatch, manifest.model_config.num_hidden_layers

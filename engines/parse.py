@@ -36,6 +36,7 @@ import onnx
 
 from engines import flavour as flavours
 from export import portable, schema
+from export.lint import load_graph
 from jetmoe.errors import Unavailable
 from jetmoe.op_contract import OPS
 
@@ -97,7 +98,7 @@ def parse_report(model_path: str | os.PathLike, flavour: str) -> ParseReport:
     """Both passes on model.onnx (its external data beside it). Raises Unavailable without the flavour."""
     trt = flavours.import_tensorrt(flavour)
     model_path = Path(model_path)
-    model = onnx.load(model_path, load_external_data=False)
+    model = load_graph(model_path)
     verdicts, layers = _graph_pass(trt, model, model_path)
     jetmoe = [i for i, n in enumerate(model.graph.node) if n.domain == schema.DOMAIN]
     if jetmoe:

@@ -33,7 +33,7 @@ import torch
 from export import portable, schema
 from export.functions import local_functions
 from export.lint import LintReport, lint_model, load_graph
-from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records
+from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records, owned_by
 from export.ort_graph import ORT_MODEL_NAME, make_ort_graph
 from export.sidecars import write_sidecars
 from export.weights_check import ALIGN, check_weights
@@ -93,7 +93,8 @@ def export_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         raise CheckpointError(f"checkpoint folder {checkpoint_dir} does not exist")
-    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[checkpoint_dir], marker=MANIFEST_NAME)
+    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[checkpoint_dir], marker=MANIFEST_NAME,
+                           owned=owned_by("export"))
     config = JetMoeConfig.from_pretrained(checkpoint_dir)
     if task == "sequence-classification" and config.pad_token_id is None:
         raise ExportError("sequence-classification export needs pad_token_id in config.json: each row is pooled "

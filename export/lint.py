@@ -46,6 +46,9 @@ INLINED = ("a tool inlined the jetmoe local functions into standard ops after `j
 DROPPED = ("ONNX Runtime cannot run these nodes, and TensorRT has no fallback body for them. A tool dropped the "
            "local functions after `jetmoe export` (onnx.version_converter drops function bodies and keeps the "
            "nodes): export again with `jetmoe export --opset N` instead of converting the file")
+ORT_GRAPH = "ort-graph"  # `dispatch` for export/ort_graph.py's model.ort.onnx, which export.json does not describe
+ORT_GRAPH_NOTE = ("model.ort.onnx is the graph `jetmoe export` writes beside model.onnx for ONNX Runtime (functions "
+                  "expanded, per-expert views into the weights; export/ort_graph.py): TensorRT takes model.onnx")
 UNROLLED = ("this is an ONNX Runtime-only copy (export/unrolled.py, `jetmoe quantize`: each expert a MatMul on its "
             "own weight); TensorRT needs the plugin-dispatch (or portable) export from `jetmoe export`")
 
@@ -165,6 +168,8 @@ def check_dispatch(model: onnx.ModelProto, dispatch: str | None = None, num_laye
     metadata = {p.key: p.value for p in model.metadata_props}
     if dispatch == "unrolled" or (dispatch is None and metadata.get(DISPATCH_KEY) == "unrolled"):
         return [LintIssue("<model>", "dispatch", UNROLLED)]
+    if dispatch == ORT_GRAPH:
+        return [LintIssue("<model>", "dispatch", ORT_GRAPH_NOTE)]
     if dispatch == "portable":
         if nodes or functions:
             return [LintIssue("<model>", "dispatch", f"export.json records the portable dispatch, but the graph "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from jetmoe import dtypes
 from jetmoe.errors import ConfigError, ExportError
 from jetmoe.fileio import atomic_write_text, file_sha256
 from jetmoe.io_names import IoNames, ModelRecord
+from jetmoe.model import TASKS as MODEL_TASKS
 
 MODEL_NAME = "model.onnx"
 DATA_NAME = "model.onnx.data"
@@ -26,7 +28,34 @@ MANIFEST_NAME = "export.json"
 FORMAT = "jetmoe-trt export"
 FORMAT_VERSION = 2  # 2: files record bytes and sha256; dispatch recorded
 DISPATCHES = ("plugin", "portable", "unrolled")  # what model.onnx holds in place of the experts (`dispatch`)
-TASKS = ("causal-lm", "sequence-classification")
+TASKS = tuple(MODEL_TASKS)  # "causal-lm", "sequence-classification"
+
+
+WRITERS = {"export": "an export (`jetmoe export`)", "quantized": "a quantized export (`jetmoe quantize`)",
+           "unrolled": "an unrolled ONNX Runtime copy (export/unrolled.py)"}
+
+
+def writer(folder: Path) -> str | None:
+    """Which command wrote the export folder, from its export.json: "export", "quantized" or "unrolled"; None when
+    there is no readable export.json."""
+    try:
+        raw = json.loads((folder / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if raw.get("quantization"):
+        return "quantized"
+    return "unrolled" if raw.get("dispatch") == "unrolled" else "export"
+
+
+def owned_by(kind: str) -> Callable[[Path], str | None]:
+    """The output rule's `owned` check (jetmoe/fileio.check_output) for a folder `kind` of command writes: an
+    export folder of another kind (or with an unreadable export.json) is not replaced by --overwrite."""
+    def other(folder: Path) -> str | None:
+        found = writer(folder)
+        return None if found == kind else WRITERS.get(found, f"an unreadable {MANIFEST_NAME}")
+    return other
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,8 +174,13 @@ def model_path(path: str | os.PathLike) -> Path:
 
 
 def read_manifest(path: str | os.PathLike) -> ExportManifest:
-    """The manifest beside model.onnx (`path` is model.onnx or its folder)."""
-    where = model_path(path).parent / MANIFEST_NAME
+    """The manifest beside model.onnx (`path` is model.onnx or its folder). Another file of the folder
+    (model.onnx.data, config.json, ...) is refused by name: export.json describes model.onnx."""
+    model = model_path(path)
+    where = model.parent / MANIFEST_NAME
+    if model.name != MODEL_NAME and where.is_file():
+        raise ExportError(f"{path} is not the export's {MODEL_NAME}: give the export folder {model.parent} or its "
+                          f"{MODEL_NAME}")
     try:
         raw = json.loads(where.read_text())
     except FileNotFoundError:

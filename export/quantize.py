@@ -29,7 +29,7 @@ from pathlib import Path
 
 import onnx
 
-from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, Quantization
+from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, Quantization, owned_by
 from export.unrolled import copy_sidecars, derived_manifest, unrollable, write_unrolled
 from jetmoe.errors import InputError, Unavailable
 from jetmoe.fileio import atomic_directory, check_output
@@ -76,12 +76,17 @@ def quantize_export(
     unknown = sorted(set(experts) - set(EXPERT_GROUPS))
     if unknown or not experts:
         raise InputError(f"experts {list(experts)}: choose among {sorted(EXPERT_GROUPS)}")
+    experts = tuple(group for group in EXPERT_GROUPS if group in experts)  # once each, in one order
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise InputError(f"accuracy_level must be 0..4 (MatMulNBits), got {accuracy_level}")
     if importlib.util.find_spec("onnxruntime") is None:
         raise Unavailable("quantizing needs onnxruntime's quantization tools: pip install 'jetmoe-trt[ort]'")
     source, manifest = unrollable(export)
-    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[source.parent], marker=MANIFEST_NAME)
+    if SCHEMES[scheme].kind == "dynamic" and manifest.dtype != "fp32":
+        raise InputError(f"{source} is an {manifest.dtype} export: int8-dynamic needs fp32 activations (ONNX's "
+                         "DynamicQuantizeLinear takes float32 only); use int8-weight-only, or export with --dtype fp32")
+    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[source.parent], marker=MANIFEST_NAME,
+                           owned=owned_by("quantized"))
     spec = SCHEMES[scheme]
     weight_only = spec.kind == "weight-only"
     with atomic_directory(out_dir) as tmp:

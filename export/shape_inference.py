@@ -58,17 +58,30 @@ def infer_symbolic_shapes(model: onnx.ModelProto, *, auto_merge: bool = False, v
     inference = _inference_class()(2**31 - 1, auto_merge, False, verbose)
     inference._preprocess(work)  # the body of SymbolicShapeInference.infer_shapes, which builds its own class
     complete = False
-    while inference.run_:
-        complete = inference._infer_impl()
-    inference._update_output_from_vi()
+    try:
+        while inference.run_:
+            complete = inference._infer_impl()
+        inference._update_output_from_vi()
+    except Exception as e:  # the stock tool asserts where it meets a case it does not handle
+        raise ExportError(f"ONNX Runtime's symbolic shape inference failed at {_stuck(inference)} "
+                          f"({type(e).__name__}{': ' + str(e).splitlines()[0] if str(e) else ''})") from None
     if not complete:
-        raise ExportError("symbolic shape inference stopped before the graph's end (verbose=3 names the node)")
+        raise ExportError(f"symbolic shape inference stopped at {_stuck(inference)}: a size it cannot prove equal "
+                          "to another (--auto-merge merges such sizes, unchecked)")
     inferred = inference.out_mp_.graph
     del result.graph.value_info[:]
     result.graph.value_info.extend(inferred.value_info)
     del result.graph.output[:]
     result.graph.output.extend(inferred.output)
     return result
+
+
+def _stuck(inference) -> str:
+    """The first node (in graph order) with an output the inference has no shape for."""
+    for node in inference.out_mp_.graph.node:
+        if any(name and name not in inference.known_vi_ for name in node.output):
+            return f"node {node.name!r} ({node.op_type})"
+    return "the graph's outputs"
 
 
 def _with_mask_width_named(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -118,6 +131,8 @@ def infer_file(source: Path, target: Path, *, overwrite: bool = False, auto_merg
                verbose: int = 0) -> Path:
     """`source` with every symbolic shape, written to `target` in the same folder (its external weights are read
     from there, by relative name)."""
+    if not Path(source).is_file():
+        raise ExportError(f"no ONNX model at {source}")
     target = check_output(target, kind="file", overwrite=overwrite, inputs=[source])
     if target.absolute().parent.resolve() != source.absolute().parent.resolve():
         raise InputError(f"write {target.name} beside {source} (in {source.parent}): the model's weights stay in "

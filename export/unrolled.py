@@ -31,7 +31,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from export.functions import local_functions
-from export.lint import DISPATCH_KEY
+from export.lint import DISPATCH_KEY, load_graph
 from export.manifest import (
     DATA_NAME,
     MANIFEST_NAME,
@@ -40,6 +40,7 @@ from export.manifest import (
     Quantization,
     file_records,
     model_path,
+    owned_by,
     read_manifest,
 )
 from export.ort_graph import ORT_MODEL_NAME
@@ -59,7 +60,8 @@ def unroll_experts(export: str | os.PathLike, out_dir: str | os.PathLike, *, ove
     """Write `out_dir` (model.onnx, model.onnx.data, export.json, the export's sidecar files) with every `jetmoe`
     node of the plugin-dispatch `export` (its folder or model.onnx) unrolled; return its model.onnx."""
     source, manifest = unrollable(export)
-    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[source.parent], marker=MANIFEST_NAME)
+    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, inputs=[source.parent], marker=MANIFEST_NAME,
+                           owned=owned_by("unrolled"))
     with atomic_directory(out_dir) as tmp:
         write_unrolled(source, manifest, tmp)
         written = [MODEL_NAME, DATA_NAME, *copy_sidecars(source.parent, manifest, tmp)]
@@ -83,7 +85,7 @@ def unrollable(export: str | os.PathLike) -> tuple[Path, ExportManifest]:
 
 def write_unrolled(source: Path, manifest: ExportManifest, folder: Path) -> Path:
     """Write the unrolled model.onnx and model.onnx.data of `source` into `folder`; return the model's path."""
-    model = onnx.load(source, load_external_data=False)
+    model = load_graph(source)
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     bodies = {f.name: f for f in local_functions(manifest.model_config.num_local_experts, opset)}
     initializers = {t.name: t for t in model.graph.initializer}

@@ -322,6 +322,14 @@ def save_model(model: JetMoePreTrainedModel, directory: str | os.PathLike, max_s
             stale.unlink()
 
 
+def other_than_checkpoint(folder: Path) -> str | None:
+    """The output rule's `owned` check for checkpoint folders (jetmoe/fileio.check_output): None when `folder`
+    holds checkpoint weights; else what its config.json belongs to (an export folder has one too)."""
+    if any(_is_weight_file(p.name) for p in folder.iterdir()):
+        return None
+    return "a config.json without checkpoint weights (an ONNX export folder?)"
+
+
 def _is_weight_file(name: str) -> bool:
     return name in (SAFETENSORS_INDEX_NAME, BIN_INDEX_NAME, BIN_NAME) or (
         name.startswith(("model", "pytorch_model")) and name.endswith((".safetensors", ".bin")))

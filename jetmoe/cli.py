@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     from export.exporter import export_checkpoint
     from export.quantize import EXPERT_GROUPS, SCHEMES, quantize_export
     from jetmoe.generate import generate
+    from jetmoe.model import TASKS
     from jetmoe.random_weights import write_random_checkpoint
     from validate.bench import bench
     from validate.demo import run_demo
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, type=Path, help="checkpoint folder to create")
     _flag(p, write_random_checkpoint, "--seed", type=int, help="random seed (same seed, same weights)")
     _flag(p, write_random_checkpoint, "--dtype", type=_float_type, help="fp32, fp16 or bf16 (default: the preset's)")
-    _flag(p, write_random_checkpoint, "--task", help="causal-lm or sequence-classification")
+    _flag(p, write_random_checkpoint, "--task", choices=sorted(TASKS), help="the model head")
     _flag(p, write_random_checkpoint, "--max-shard-size", type=_byte_size, metavar="SIZE",
           help="bytes per shard file, or with a unit (500MB, 2GB, 4GiB); above it: shards and their index")
     _flag(p, write_random_checkpoint, "--overwrite", help="replace an earlier checkpoint folder")
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="HF-format checkpoint folder")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder to create")
     _flag(p, export_checkpoint, "--dtype", type=_float_type, help="fp32, fp16 or bf16")
-    _flag(p, export_checkpoint, "--task", help="causal-lm or sequence-classification")
+    _flag(p, export_checkpoint, "--task", choices=sorted(TASKS), help="the model head")
     _flag(p, export_checkpoint, "--opset", type=int, help="ONNX opset")
     _flag(p, export_checkpoint, "--validation-outputs",
           help="also output router logits and per-layer hidden states (for the validator)")

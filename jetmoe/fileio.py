@@ -22,7 +22,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from jetmoe.errors import OutputError
@@ -31,8 +31,14 @@ _TMP = ".jetmoe-tmp-"
 
 
 def check_output(target: str | os.PathLike, *, kind: str, overwrite: bool, inputs: Sequence[str | os.PathLike] = (),
-                 marker: str | None = None, flag: str = "--overwrite") -> Path:
-    """Apply the output rule to `target` (kind "file" or "dir"); return it as a Path. Raises OutputError."""
+                 marker: str | None = None, owned: Callable[[Path], str | None] | None = None,
+                 flag: str = "--overwrite") -> Path:
+    """Apply the output rule to `target` (kind "file" or "dir"); return it as a Path. Raises OutputError.
+
+    A non-empty folder is replaced only when it holds `marker` and, where several commands write the same marker
+    (export.json: `jetmoe export` and `jetmoe quantize`; config.json: checkpoints and exports), when
+    `owned(folder)` finds no other writer: it returns None for "written by this command", else what the folder is
+    ("a quantized export")."""
     target = Path(target)
     where = _resolved(target)
     for source in inputs:
@@ -50,9 +56,15 @@ def check_output(target: str | os.PathLike, *, kind: str, overwrite: bool, input
             raise OutputError(f"output {target} exists and is not a folder; refusing to replace it with one")
         if kind == "file" and is_dir:
             raise OutputError(f"output {target} is a folder; refusing to replace it with a file")
-        if kind == "dir" and any(target.iterdir()) and (marker is None or not (target / marker).exists()):
-            raise OutputError(f"refusing to replace {target}: it holds files but no {marker or 'jetmoe-trt output'}"
-                              f", so it was not written by this command; remove it yourself or choose another output")
+        if kind == "dir" and any(target.iterdir()):
+            if marker is None or not (target / marker).exists():
+                raise OutputError(f"refusing to replace {target}: it holds files but no "
+                                  f"{marker or 'jetmoe-trt output'}, so it was not written by this command; remove it "
+                                  "yourself or choose another output")
+            other = owned(target) if owned is not None else None
+            if other is not None:
+                raise OutputError(f"refusing to replace {target}: it holds {other}, not this command's output; "
+                                  "remove it yourself or choose another output")
     parent = where.parent
     while not parent.exists():
         parent = parent.parent

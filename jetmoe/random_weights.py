@@ -103,7 +103,8 @@ def write_random_checkpoint(out_dir: str | os.PathLike, config: JetMoeConfig, *,
         raise InputError(f"task {task!r} is not one of {sorted(TASKS)}")
     if isinstance(max_shard_size, bool) or not isinstance(max_shard_size, int) or max_shard_size < 1:
         raise InputError(f"max_shard_size must be a positive number of bytes, got {max_shard_size!r}")
-    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, marker=CONFIG_NAME)
+    out_dir = check_output(out_dir, kind="dir", overwrite=overwrite, marker=CONFIG_NAME,
+                           owned=checkpoint.other_than_checkpoint)
     torch_dtype = resolve_dtype(dtype, config)
     if task == "sequence-classification" and config.pad_token_id is None:
         config = config.replace(pad_token_id=0)

@@ -64,7 +64,7 @@ def test_schemes_quantize_only_the_experts(exported, tiny_checkpoint, tmp_path, 
 
 def test_mlp_experts_only(exported, tiny_checkpoint, tmp_path):
     config = tiny_checkpoint[1].config
-    path = quantize_export(exported(), tmp_path / "mlp", experts=("mlp",))
+    path = quantize_export(exported(), tmp_path / "mlp", experts=("mlp", "mlp"))  # a group named twice counts once
     model = onnx.load(path, load_external_data=False)
     quantized = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(quantized) == 2 * config.num_local_experts * config.num_hidden_layers

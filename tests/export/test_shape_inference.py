@@ -101,3 +101,17 @@ def test_sequence_classification(classification_export):
     inferred = shapes(infer_symbolic_shapes(onnx.load(path, load_external_data=False)))
     assert inferred["logits"] == ["batch", eager.config.num_labels]
     assert not [name for name, dims in inferred.items() if fresh(dims)]
+
+
+def test_where_it_cannot_complete_it_names_the_node(exported, tmp_path, capsys):
+    """A quantized copy makes the stock tool assert (a Gather it does not handle), a missing input is named
+    first: one line each, nothing written."""
+    from export.quantize import quantize_export
+
+    quantized = quantize_export(exported().parent, tmp_path / "int8")
+    assert main([str(quantized), str(quantized.with_name("s.onnx"))]) == 1
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "symbolic shape inference failed at node '" in line
+    assert not quantized.with_name("s.onnx").exists()
+    assert main([str(tmp_path / "missing.onnx"), str(quantized.with_name("s.onnx"))]) == 1
+    assert f"no ONNX model at {tmp_path / 'missing.onnx'}" in capsys.readouterr().err

@@ -256,8 +256,35 @@ def test_quantize_then_generate_validate_and_lint(exported, tiny_checkpoint, tmp
     assert "ONNX Runtime-only copy" in capsys.readouterr().out
     assert main(["quantize", str(exported().parent), "-o", str(out)]) == 1
     assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert main(["lint", str(exported().parent / "model.ort.onnx")]) == 1
+    assert "TensorRT takes model.onnx" in capsys.readouterr().out
+    for name in ("model.onnx.data", "config.json"):  # another file of an export folder: one line, not a traceback
+        assert main(["quantize", str(exported().parent / name), "-o", str(tmp_path / "q")]) == 1
+        assert "is not the export's model.onnx" in capsys.readouterr().err and not (tmp_path / "q").exists()
+    assert main(["quantize", str(exported("fp16").parent), "-o", str(tmp_path / "q"), "--scheme", "int8-dynamic"]) == 1
+    assert "int8-dynamic needs fp32 activations" in capsys.readouterr().err and not (tmp_path / "q").exists()
     assert main(["quantize", str(exported("bf16").parent), "-o", str(tmp_path / "bf16")]) == 1
     assert "is a bf16 export" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["quantize", "--help"])
     assert "(default:int8-weight-only)" in "".join(capsys.readouterr().out.split())  # argparse wraps at hyphens
+
+
+def test_overwrite_replaces_only_the_same_command_s_folder(exported, tiny_checkpoint, tmp_path, capsys):
+    """export, quantize and checkpoint folders share marker files (export.json, config.json): --overwrite of one
+    command must not replace another's folder."""
+    ckpt = tiny_checkpoint[0]
+    exp, quantized = tmp_path / "exp", tmp_path / "int8"
+    assert main(["export", str(ckpt), "-o", str(exp)]) == 0
+    assert main(["quantize", str(exp), "-o", str(quantized)]) == 0
+    assert main(["quantize", str(exp), "-o", str(quantized), "--overwrite"]) == 0  # its own folder: replaced
+    assert main(["export", str(ckpt), "-o", str(exp), "--overwrite"]) == 0
+    capsys.readouterr()
+    before = {str(p): p.stat().st_mtime_ns for p in (*exp.iterdir(), *quantized.iterdir())}
+    for argv, other in ((["quantize", str(exported().parent), "-o", str(exp)], "an export (`jetmoe export`)"),
+                        (["export", str(ckpt), "-o", str(quantized)], "a quantized export (`jetmoe quantize`)"),
+                        (["checkpoint", "--preset", "tiny", "-o", str(exp)], "a config.json without checkpoint")):
+        assert main([*argv, "--overwrite"]) == 1
+        assert f"holds {other}" in capsys.readouterr().err
+    assert {str(p): p.stat().st_mtime_ns for p in (*exp.iterdir(), *quantized.iterdir())} == before
+    assert json.loads((quantized / "export.json").read_text())["quantization"] is not None
