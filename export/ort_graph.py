@@ -65,7 +65,7 @@ def make_ort_graph(export_dir: str | os.PathLike) -> Path:
     del graph.node[:]
     graph.node.extend(nodes)
 
-    used = {name for node in graph.node for name in _inputs(node)} | {o.name for o in graph.output}
+    used = {name for node in graph.node for name in node_reads(node)} | {o.name for o in graph.output}
     kept = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -205,10 +205,10 @@ def _fuse_transposed_matmuls(nodes: list[onnx.NodeProto], weights: dict[str, onn
     return out
 
 
-def _inputs(node: onnx.NodeProto):
+def node_reads(node: onnx.NodeProto):
     """Every value a node reads, its subgraphs' outer-scope reads included."""
     yield from node.input
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             for inner in attr.g.node:
-                yield from _inputs(inner)
+                yield from node_reads(inner)

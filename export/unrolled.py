@@ -43,7 +43,7 @@ from export.manifest import (
     owned_by,
     read_manifest,
 )
-from export.ort_graph import ORT_MODEL_NAME
+from export.ort_graph import ORT_MODEL_NAME, node_reads
 from export.schema import DOMAIN
 from export.weights_check import ALIGN
 from jetmoe.errors import ExportError
@@ -102,7 +102,7 @@ def write_unrolled(source: Path, manifest: ExportManifest, folder: Path) -> Path
             body, inits = _inline(node, bodies[node.op_type], initializers[weight_name], f"{node.name or i}/", writer)
             nodes.extend(body)
             added.extend(inits)
-        used = {name for node in nodes for name in _reads(node)}
+        used = {name for node in nodes for name in node_reads(node)}
         kept = [t for t in model.graph.initializer if t.name in used]
         for tensor in kept:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -182,15 +182,6 @@ def _inline(node: onnx.NodeProto, body: onnx.FunctionProto, weight: onnx.TensorP
     missing = set(range(weight.dims[0])) - set(slices.values())
     assert not missing, f"{body.name}: experts {sorted(missing)} have no Gather of the weight"
     return nodes, inits
-
-
-def _reads(node: onnx.NodeProto):
-    """Every value a node reads, its subgraphs' outer-scope reads included."""
-    yield from node.input
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            for inner in attr.g.node:
-                yield from _reads(inner)
 
 
 def _attr(node: onnx.NodeProto, name: str) -> int | None:

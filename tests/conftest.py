@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,17 @@ def make_model(config: JetMoeConfig, seed: int = 0, cls=JetMoeForCausalLM, dtype
     model = cls(config)
     init_random_(model, seed)
     return model.to(dtype).eval()
+
+
+def prefill_feeds(config: JetMoeConfig, ids: list[int], dtype=np.float32) -> dict[str, np.ndarray]:
+    """Raw ONNX feeds of one unpadded prompt from an empty cache (past_key_values [1, H_kv, 0, Dh] in `dtype`), for
+    tests that call an ONNX Runtime session directly."""
+    feeds = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
+             "position_ids": np.arange(len(ids))[None]}
+    for i in range(config.num_hidden_layers):
+        for kv in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels), dtype)
+    return feeds
 
 
 @pytest.fixture(params=sorted(CONFIGS))

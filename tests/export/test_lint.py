@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import onnx
 import onnx.inliner
 import pytest
@@ -14,6 +13,7 @@ from onnx import helper, version_converter
 
 from export.lint import NODES_PER_LAYER, check_dispatch, expected_layers, lint_model
 from jetmoe.cli import main
+from tests.conftest import prefill_feeds
 
 
 @pytest.fixture
@@ -154,12 +154,7 @@ def run_in_onnx_runtime(model: onnx.ModelProto, config, tmp_path) -> None:
 
     path = tmp_path / "stripped.onnx"
     onnx.save(model, path)
-    feeds = {"input_ids": np.array([[3, 4, 5]]), "attention_mask": np.ones((1, 3), np.int64),
-             "position_ids": np.arange(3)[None]}
-    for i in range(config.num_hidden_layers):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels),
-                                                          np.float32)
+    feeds = prefill_feeds(config, [3, 4, 5])
     ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["logits"], feeds)
 
 

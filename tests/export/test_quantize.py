@@ -19,6 +19,7 @@ from export.onnx_runtime import OnnxrtRunner
 from export.quantize import SCHEMES, quantize_export
 from jetmoe.errors import ExportError, InputError
 from jetmoe.generate import generate
+from tests.conftest import prefill_feeds
 
 # max |dlogit| / max |logit| against the fp32 export. Loose: the tiny random model amplifies rounding (measured
 # 0.05 int8 weight-only, 0.36 int8 dynamic, 0.58 int4); these limits catch a broken graph, not accuracy (the
@@ -27,13 +28,7 @@ LIMITS = {"int8-weight-only": 0.15, "int8-dynamic": 0.6, "int4-weight-only": 1.5
 
 
 def prefill(path, config, dtype="fp32") -> np.ndarray:
-    floating = np.float16 if dtype == "fp16" else np.float32
-    feeds = {"input_ids": np.array([[5, 17, 99, 3, 7, 250, 31, 8]]), "attention_mask": np.ones((1, 8), np.int64),
-             "position_ids": np.arange(8)[None]}
-    for i in range(config.num_hidden_layers):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels),
-                                                          floating)
+    feeds = prefill_feeds(config, [5, 17, 99, 3, 7, 250, 31, 8], np.float16 if dtype == "fp16" else np.float32)
     return ort.InferenceSession(str(path)).run(["logits"], feeds)[0].astype(np.float32)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from export.manifest import DATA_NAME, MODEL_NAME
 from export.shape_inference import TOTAL, infer_symbolic_shapes, main
+from tests.conftest import prefill_feeds
 
 
 def shapes(model: onnx.ModelProto) -> dict[str, list]:
@@ -81,12 +82,7 @@ def test_the_command_keeps_the_weights_external_and_the_result_runs(exported, ti
     weights = [t for t in model.graph.initializer if t.name.startswith(("model.", "lm_head."))]
     assert weights and all(t.data_location == onnx.TensorProto.EXTERNAL for t in weights)
     config = tiny_checkpoint[1].config
-    feeds = {"input_ids": np.array([[3, 4, 5]]), "attention_mask": np.ones((1, 3), np.int64),
-             "position_ids": np.arange(3)[None]}
-    for i in range(config.num_hidden_layers):
-        for kv in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kv}"] = np.zeros((1, config.num_key_value_heads, 0, config.kv_channels),
-                                                          np.float32)
+    feeds = prefill_feeds(config, [3, 4, 5])
     want = ort.InferenceSession(str(source)).run(["logits"], feeds)[0]
     got = ort.InferenceSession(str(folder / "model.shapes.onnx")).run(["logits"], feeds)[0]
     np.testing.assert_array_equal(got, want)
