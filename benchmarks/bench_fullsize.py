@@ -53,7 +53,7 @@ def weight_bytes(folder: Path, names: tuple[str, ...]) -> int:
     return sum((folder / name).stat().st_size for name in names if (folder / name).is_file())
 
 
-def stage(name: str, work: Path, record: dict) -> None:
+def stage(name: str, work: Path, record: dict, quiet_s: float) -> None:
     ckpt, fp16, bf16, fp32 = work / "ckpt", work / "fp16", work / "bf16", work / "fp32"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def stage(name: str, work: Path, record: dict) -> None:
             result["peak_over_weights"] = result["max_rss_gib"] * GiB / result["weight_bytes"]
         record[name] = result
     elif name == "latency":
-        record["wait_quiet"] = wait_quiet(120)
+        record["wait_quiet"] = wait_quiet(quiet_s)
         for side, target in (("ort-fp16", fp16), ("eager-bf16", ckpt)):
             result = run_measured(this("--phase", side, target), logs / f"latency-{side}.log", cwd=ROOT)
             result.update(_last_json(logs / f"latency-{side}.log"))
@@ -236,7 +236,7 @@ def main() -> None:
         if name not in STAGES:
             parser.error(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
         print(f"== {name}", flush=True)
-        stage(name, args.work, record)
+        stage(name, args.work, record, args.wait_quiet)
         write_results(out, record)
         print(json.dumps({k: v for k, v in record.items() if k.startswith(name)}, indent=1, default=str)[:3000],
               flush=True)

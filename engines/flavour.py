@@ -36,19 +36,8 @@ def import_tensorrt(name: str = TENSORRT.name):
         return __import__(which.module)
     except ImportError as e:
         raise Unavailable(f"{which.name} is not installed ({e.name or which.module}: {which.install})") from None
-
-
-def importable() -> list[str]:
-    """The flavours whose module imports here, full TensorRT first (a `tensorrt` whose libraries are missing
-    does not count)."""
-    found = []
-    for which in FLAVOURS.values():
-        try:
-            __import__(which.module)
-        except (ImportError, OSError):  # OSError: a bindings wheel without its libraries
-            continue
-        found.append(which.name)
-    return found
+    except OSError as e:  # a bindings wheel without its libraries
+        raise Unavailable(f"{which.name} is installed but its libraries do not load ({e}): {which.install}") from None
 
 
 def require_cuda_gpu() -> tuple[str, tuple[int, int]]:

@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
+
 from engines import flavour as flavours
 from engines.parse import ParseReport, parse_report
-from export.lint import ORT_GRAPH, TABLE_CHECK, LintIssue, LintReport, check_dispatch, lint_model, load_graph
+from export.lint import (
+    DISPATCH_KEY,
+    ONNX_RUNTIME_ONLY,
+    ORT_GRAPH,
+    TABLE_CHECK,
+    LintIssue,
+    LintReport,
+    check_dispatch,
+    lint_model,
+    load_graph,
+)
 from export.manifest import MANIFEST_NAME, MODEL_NAME, read_manifest
 from export.ort_graph import ORT_MODEL_NAME
 from jetmoe.errors import Unavailable
@@ -20,18 +32,22 @@ from jetmoe.errors import Unavailable
 def lint_file(model: Path) -> LintReport:
     model = Path(model)
     graph = load_graph(model)
-    dispatch, layers = _recorded(model)
+    dispatch, layers = _recorded(model, graph)
+    if dispatch in ONNX_RUNTIME_ONLY:  # not a TensorRT graph: say so, without parsing every weight
+        report = lint_model(graph, dispatch, layers)
+        report.check = f"{TABLE_CHECK}: the model is for ONNX Runtime only ({dispatch})"
+        return report
     missing = _missing_weights(graph, model.parent)
     why = [f"the parser needs the weights, and {missing} is not beside {model.name}"] if missing else []
-    for flavour in [] if missing else flavours.importable():
+    for flavour in [] if missing else flavours.FLAVOURS:  # full TensorRT first
         try:
             parsed = parse_report(model, flavour)
-        except Unavailable as e:  # full TensorRT on a machine without a GPU: try the next flavour
+        except Unavailable as e:  # not installed, or full TensorRT on a machine without a GPU: try the next
             why.append(str(e))
             continue
         return as_lint_report(parsed, check_dispatch(graph, dispatch, layers))
     report = lint_model(graph, dispatch, layers)
-    report.check = f"{TABLE_CHECK}: {'; '.join(why) or 'neither tensorrt nor tensorrt_rtx is importable here'}"
+    report.check = f"{TABLE_CHECK}: {'; '.join(why)}"
     return report
 
 
@@ -58,11 +74,12 @@ def _missing_weights(graph, folder: Path) -> str | None:
     return None
 
 
-def _recorded(model: Path) -> tuple[str | None, int | None]:
-    """(dispatch, num_hidden_layers) from the export.json beside the model; (None, None) where there is none."""
+def _recorded(model: Path, graph: onnx.ModelProto) -> tuple[str | None, int | None]:
+    """(dispatch, num_hidden_layers) from the export.json beside the model; where there is none, the graph's own
+    dispatch metadata (an unrolled copy's) or (None, None)."""
     if model.name == ORT_MODEL_NAME:
         return ORT_GRAPH, None
     if model.name != MODEL_NAME or not (model.parent / MANIFEST_NAME).is_file():
-        return None, None
+        return {p.key: p.value for p in graph.metadata_props}.get(DISPATCH_KEY), None
     manifest = read_manifest(model)
     return manifest.dispatch, manifest.model_config.num_hidden_layers

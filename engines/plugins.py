@@ -283,7 +283,7 @@ def _dtype_name(trt_dtype) -> str:
     found = dtypes.lookup(trt_dtype)
     if found is None or found not in dtypes.FLOATS + dtypes.INDEXES:
         raise InputError(f"jetmoe plugins do not support TensorRT type {trt_dtype}")
-    return str(found.torch).removeprefix("torch.")
+    return found.hf_name
 
 
 _TORCH_CODES = {"float32": ("<f4", None), "float16": ("<f2", None), "bfloat16": ("<i2", "bfloat16"),

@@ -36,7 +36,7 @@ from export.lint import LintReport, lint_model, load_graph
 from export.manifest import DATA_NAME, MANIFEST_NAME, MODEL_NAME, ExportManifest, file_records, owned_by
 from export.ort_graph import ORT_MODEL_NAME, make_ort_graph
 from export.sidecars import write_sidecars
-from export.weights_check import ALIGN, check_weights
+from export.weights_check import ALIGN, check_weights, tensor_bytes
 from jetmoe import checkpoint, dtypes
 from jetmoe.config import JetMoeConfig
 from jetmoe.errors import CheckpointError, ExportError, InputError
@@ -274,7 +274,7 @@ def _stream_weights(model, files: checkpoint.WeightFiles, config: JetMoeConfig, 
             if tuple(tensor.shape) != tuple(value.shape.numpy()):
                 raise CheckpointError(f"{key}: checkpoint shape {list(tensor.shape)} does not match the "
                                       f"config's {list(value.shape.numpy())}")
-            raw = _to_bytes(tensor.to(dtype))
+            raw = tensor_bytes(tensor.to(dtype))
             f.write(b"\0" * (-offset % ALIGN))
             offset += -offset % ALIGN
             f.write(raw)
@@ -285,11 +285,6 @@ def _stream_weights(model, files: checkpoint.WeightFiles, config: JetMoeConfig, 
     assert not missing, f"initializers without data: {missing}"
     for key, value in by_key.items():  # the graph's weights carry their checkpoint names
         value.name = key
-
-
-def _to_bytes(tensor: torch.Tensor) -> memoryview:
-    """The tensor's bytes, flat, not copied (a copy of jetmoe-8b's largest expert tensor is 369 MB in bf16)."""
-    return tensor.contiguous().view(torch.uint8).reshape(-1).numpy().data
 
 
 # ---- graph finishing ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 import onnx
 
 from export import schema, trt_operators
+from export.manifest import UNROLLED
 from jetmoe.errors import ExportError
 from jetmoe.op_contract import OPS
 
@@ -47,10 +48,11 @@ DROPPED = ("ONNX Runtime cannot run these nodes, and TensorRT has no fallback bo
            "local functions after `jetmoe export` (onnx.version_converter drops function bodies and keeps the "
            "nodes): export again with `jetmoe export --opset N` instead of converting the file")
 ORT_GRAPH = "ort-graph"  # `dispatch` for export/ort_graph.py's model.ort.onnx, which export.json does not describe
+ONNX_RUNTIME_ONLY = (UNROLLED, ORT_GRAPH)  # graphs that are not for TensorRT: the lint says so and parses nothing
 ORT_GRAPH_NOTE = ("model.ort.onnx is the graph `jetmoe export` writes beside model.onnx for ONNX Runtime (functions "
                   "expanded, per-expert views into the weights; export/ort_graph.py): TensorRT takes model.onnx")
-UNROLLED = ("this is an ONNX Runtime-only copy (export/unrolled.py, `jetmoe quantize`: each expert a MatMul on its "
-            "own weight); TensorRT needs the plugin-dispatch (or portable) export from `jetmoe export`")
+UNROLLED_NOTE = ("this is an ONNX Runtime-only copy (export/unrolled.py, `jetmoe quantize`: each expert a MatMul on "
+                 "its own weight); TensorRT needs the plugin-dispatch (or portable) export from `jetmoe export`")
 
 
 @dataclasses.dataclass
@@ -166,8 +168,8 @@ def check_dispatch(model: onnx.ModelProto, dispatch: str | None = None, num_laye
     nodes = [n for n in model.graph.node if n.domain == schema.DOMAIN]
     functions = {f.name for f in model.functions if f.domain == schema.DOMAIN}
     metadata = {p.key: p.value for p in model.metadata_props}
-    if dispatch == "unrolled" or (dispatch is None and metadata.get(DISPATCH_KEY) == "unrolled"):
-        return [LintIssue("<model>", "dispatch", UNROLLED)]
+    if dispatch == UNROLLED or (dispatch is None and metadata.get(DISPATCH_KEY) == UNROLLED):
+        return [LintIssue("<model>", "dispatch", UNROLLED_NOTE)]
     if dispatch == ORT_GRAPH:
         return [LintIssue("<model>", "dispatch", ORT_GRAPH_NOTE)]
     if dispatch == "portable":

@@ -27,12 +27,13 @@ DATA_NAME = "model.onnx.data"
 MANIFEST_NAME = "export.json"
 FORMAT = "jetmoe-trt export"
 FORMAT_VERSION = 2  # 2: files record bytes and sha256; dispatch recorded
-DISPATCHES = ("plugin", "portable", "unrolled")  # what model.onnx holds in place of the experts (`dispatch`)
+UNROLLED = "unrolled"  # the dispatch of export/unrolled.py's (and every quantized) ONNX Runtime-only copy
+DISPATCHES = ("plugin", "portable", UNROLLED)  # what model.onnx holds in place of the experts (`dispatch`)
 TASKS = tuple(MODEL_TASKS)  # "causal-lm", "sequence-classification"
 
 
 WRITERS = {"export": "an export (`jetmoe export`)", "quantized": "a quantized export (`jetmoe quantize`)",
-           "unrolled": "an unrolled ONNX Runtime copy (export/unrolled.py)"}
+           UNROLLED: "an unrolled ONNX Runtime copy (export/unrolled.py)"}
 
 
 def writer(folder: Path) -> str | None:
@@ -46,7 +47,7 @@ def writer(folder: Path) -> str | None:
         return None
     if raw.get("quantization"):
         return "quantized"
-    return "unrolled" if raw.get("dispatch") == "unrolled" else "export"
+    return UNROLLED if raw.get("dispatch") == UNROLLED else "export"
 
 
 def owned_by(kind: str) -> Callable[[Path], str | None]:

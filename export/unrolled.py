@@ -36,6 +36,7 @@ from export.manifest import (
     DATA_NAME,
     MANIFEST_NAME,
     MODEL_NAME,
+    UNROLLED,
     ExportManifest,
     Quantization,
     file_records,
@@ -46,14 +47,13 @@ from export.manifest import (
 from export.ort_graph import ORT_MODEL_NAME, node_reads
 from export.schema import DOMAIN
 from export.weights_check import ALIGN
+from jetmoe import dtypes
 from jetmoe.errors import ExportError
 from jetmoe.fileio import atomic_directory, check_output
 from jetmoe.log import progress
 from jetmoe.op_contract import OPS
 
 log = logging.getLogger(__name__)
-UNROLLED = "unrolled"
-_NUMPY = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}
 
 
 def unroll_experts(export: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -239,11 +239,9 @@ class _DataWriter:
 
     def expert_transposed(self, weight: onnx.TensorProto, e: int, name: str) -> onnx.TensorProto:
         """weight[e].T as a new [in, out] initializer: MatMul's B, the layout quantizers rewrite."""
-        if weight.data_type not in _NUMPY:
-            raise ExportError(f"{weight.name}: unrolling supports fp32 and fp16 weights, not "
-                              f"{onnx.TensorProto.DataType.Name(weight.data_type)}")
+        dtype = np.dtype(dtypes.dtype(weight.data_type, (dtypes.FP32, dtypes.FP16), what=f"{weight.name}'s type "
+                                      "(unrolling supports fp32 and fp16 weights)").numpy)
         _, N, D = weight.dims
-        dtype = np.dtype(_NUMPY[weight.data_type])
         size = N * D * dtype.itemsize
         expert = np.frombuffer(self._read(weight, e * size, size), dtype=dtype).reshape(N, D)  # [N, D]
         return self._append(np.ascontiguousarray(expert.T).tobytes(), name, [D, N], weight.data_type)

@@ -313,7 +313,7 @@ def save_model(model: JetMoePreTrainedModel, directory: str | os.PathLike, max_s
                           sum(t.numel() * t.element_size() for t in state.values()))
         written.append(SAFETENSORS_INDEX_NAME)
 
-    config = model.config.replace(dtype=str(model.dtype).removeprefix("torch."))
+    config = model.config.replace(dtype=dtypes.dtype(model.dtype).hf_name)
     raw = {"architectures": [type(model).__name__], **config.to_dict()}
     atomic_write_text(directory / CONFIG_NAME, json.dumps(raw, indent=2, sort_keys=True) + "\n")
     # weights of an earlier save in another layout would shadow (or mix with) these

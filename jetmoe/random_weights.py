@@ -129,7 +129,7 @@ def write_random_checkpoint(out_dir: str | os.PathLike, config: JetMoeConfig, *,
             checkpoint.write_shard_index(tmp, {n: f for names, f in zip(plan, files, strict=True) for n in names},
                                          total)
         raw = {"architectures": [ARCHITECTURES[task]],
-               **config.replace(dtype=str(torch_dtype).removeprefix("torch.")).to_original_dict()}
+               **config.replace(dtype=dtypes.dtype(torch_dtype).hf_name).to_original_dict()}
         atomic_write_text(tmp / CONFIG_NAME, json.dumps(raw, indent=2, sort_keys=True) + "\n")
     log.info("[checkpoint %6.1fs, peak RSS %5.2f GiB] wrote %s (%s of %s weights, %d file(s))",
              time.perf_counter() - start, _peak_rss_gib(), out_dir, _size(total), dtypes.dtype(torch_dtype), len(files))

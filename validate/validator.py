@@ -143,7 +143,7 @@ def validate_export(
         check_same_model(config, manifest.model_config, Path(onnx))
         task, dtype = manifest.task, manifest.dtype
         log.info("[validate] checking %s against the sha256s in export.json", Path(onnx).parent)
-        manifest.verify_files(model_path(onnx).parent, sha256=True)  # trust nothing modified after export
+        manifest.verify_files(Path(onnx).parent, sha256=True)  # trust nothing modified after export
     tolerances = DEFAULTS[dtype].replace(tolerance_overrides or {})
     if polygraphy_dir is not None:
         check_output(polygraphy_dir, kind="dir", overwrite=True, inputs=[checkpoint], marker="reference.json")

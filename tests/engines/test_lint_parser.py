@@ -44,9 +44,13 @@ def test_lint_names_the_parser_and_each_plugin_match(rtx, exported, capsys):
 
 
 def test_without_tensorrt_the_table_runs_and_says_so(exported, monkeypatch):
-    monkeypatch.setattr(flavour, "importable", lambda: [])
+    def missing(name):
+        raise Unavailable(f"{name} is not installed (test)")
+
+    monkeypatch.setattr(flavour, "import_tensorrt", missing)
     report = lint.lint_file(exported())
-    assert report and "operator table" in report.check and "neither tensorrt nor tensorrt_rtx" in report.check
+    assert report and "operator table" in report.check
+    assert all(f"{name} is not installed" in report.check for name in flavour.FLAVOURS)  # each reason named
     assert lint.lint_file(exported("fp32", dispatch="portable"))
 
 
@@ -93,9 +97,14 @@ def test_a_flavour_that_cannot_parse_here_passes_to_the_next(rtx, exported, monk
         return real(model, name)
 
     monkeypatch.setattr(lint, "parse_report", parse_report)
-    monkeypatch.setattr(flavour, "importable", lambda: ["tensorrt", "tensorrt-rtx"])
     report = lint.lint_file(exported())
     assert report and report.check.startswith("tensorrt-rtx")
-    monkeypatch.setattr(flavour, "importable", lambda: ["tensorrt"])
+
+    def only_tensorrt(model, name):
+        if name == "tensorrt-rtx":
+            raise Unavailable("tensorrt-rtx is not installed (test)")
+        return parse_report(model, name)
+
+    monkeypatch.setattr(lint, "parse_report", only_tensorrt)
     report = lint.lint_file(exported())
     assert report and "operator table" in report.check and "needs a CUDA GPU" in report.check

@@ -91,3 +91,15 @@ def test_catches_dead_bytes_renames_and_wrong_values(exported, tiny_checkpoint, 
     assert [end for _, end, _ in report.unreferenced] == [len(data)]
     names_only = weights_report(folder, tiny_checkpoint[0], values=False)
     assert not names_only.renamed and not names_only.mismatched and names_only.missing == ["model.norm.weight"]
+
+
+def test_inline_bytes_count_each_element_at_its_size():
+    """Typed fields (int64_data, double_data, ...) hold 8-byte values: an inline constant is not undercounted."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    from export.weights_check import _stored_bytes
+
+    typed = helper.make_tensor("c", onnx.TensorProto.INT64, [200], list(range(200)))  # int64_data, no raw_data
+    assert not typed.HasField("raw_data") and _stored_bytes(typed) == 1600
+    assert _stored_bytes(numpy_helper.from_array(np.zeros(7, np.float16))) == 14
